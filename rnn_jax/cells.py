@@ -1,0 +1,221 @@
+"""Recurrent cells as pure functions over parameter pytrees.
+
+Each cell is ten lines of math. A `Cell` bundles:
+
+  init(key, input_size, units) -> params
+  initial_carry(batch_size, units) -> carry
+  step(params, carry, x_t) -> (carry, y_t)
+
+and, for the unroll in `rnn_jax.recurrent`, the step split in two so that the input
+projection of a whole sequence is one large matmul outside `lax.scan`:
+
+  project(params, x, input_mask=None) -> xw          <float32>[..., gates*units]
+  recurrent(params, carry, xw_t, recurrent_mask=None) -> (carry, y_t)
+
+Parameters follow Keras's names and layout so weights map one to one: `kernel`
+<float32>[input_size, gates*units], `recurrent_kernel` <float32>[units, gates*units],
+`bias` <float32>[gates*units] (GRU with reset_after: [2, 3*units], input and recurrent
+bias). Gate order: LSTM i, f, c, o; GRU z, r, h.
+
+Dropout masks are drawn by the unroll, once per sequence (Gal & Ghahramani). Following
+Keras 3: a cell with recurrent dropout gets one mask per gate, <float32>[gates, batch,
+features] (Keras's `implementation=1`); with input dropout alone one shared mask,
+<float32>[1, batch, features].
+
+These functions need nothing but JAX: they work under `jit`, `grad`, `vmap` and
+`lax.scan`, and with any batch shape (`x_t` <float32>[..., input_size]).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax import activations
+
+Params = dict[str, jax.Array]
+Carry = Any
+Array = jax.Array
+
+
+class Cell(NamedTuple):
+  """A recurrent cell: pure functions, no state. See the module docstring."""
+  name: str
+  num_gates: int
+  init: Callable[..., Params]
+  initial_carry: Callable[..., Carry]
+  project: Callable[..., Array]
+  recurrent: Callable[..., tuple[Carry, Array]]
+  hidden: Callable[[Carry], Array]  # the part of the carry that is the output h
+
+  def step(self, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
+    """One time step: (params, carry, <float32>[..., input]) -> (carry, <float32>[..., units])."""
+    return self.recurrent(params, carry, self.project(params, x_t))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def glorot_uniform(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+  """Keras's default kernel initializer, fans taken over the whole fused matrix."""
+  return jax.nn.initializers.glorot_uniform()(key, shape, dtype)
+
+
+def orthogonal(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+  """Keras's default recurrent initializer: orthogonal rows of the [units, G*units] matrix."""
+  return jax.nn.initializers.orthogonal()(key, shape, dtype)
+
+
+def gate_matmul(v: Array, kernel: Array, mask: Optional[Array]) -> Array:
+  """v @ kernel, with a dropout mask on v: none, shared [1, ..., n] or per gate [G, ..., n].
+
+  With per-gate masks gate g sees v * mask[g], as Keras's implementation=1 does.
+  """
+  if mask is None:
+    return v @ kernel
+  if mask.shape[0] == 1:
+    return (v * mask[0]) @ kernel
+  num_gates = mask.shape[0]
+  n, width = kernel.shape
+  per_gate = kernel.reshape(n, num_gates, width // num_gates)
+  out = jnp.einsum("g...n,ngu->...gu", v * mask, per_gate)
+  return out.reshape(*out.shape[:-2], width)
+
+
+def _split_mask(mask: Optional[Array], start: int, stop: int) -> Optional[Array]:
+  """Masks for gates [start, stop): a shared mask serves every gate."""
+  if mask is None or mask.shape[0] == 1:
+    return mask
+  return mask[start:stop]
+
+
+def _zeros_carry(batch_size: Union[int, Sequence[int]], units: int, dtype) -> Array:
+  shape = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+  return jnp.zeros((*shape, units), dtype)
+
+
+def _init_kernels(key: Array, input_size: int, units: int, num_gates: int, dtype):
+  k_kernel, k_recurrent = jax.random.split(key)
+  return {
+      "kernel": glorot_uniform(k_kernel, (input_size, num_gates * units), dtype),
+      "recurrent_kernel": orthogonal(k_recurrent, (units, num_gates * units), dtype),
+  }
+
+
+# ----------------------------------------------------------------------------- SimpleRNN
+
+def simple_rnn(activation: Union[str, Callable] = "tanh", use_bias: bool = True) -> Cell:
+  """Elman RNN, h_t = f(x_t W + h_{t-1} U + b), as Keras's SimpleRNNCell."""
+  act = activations.get(activation)
+
+  def init(key, input_size, units, dtype=jnp.float32):
+    params = _init_kernels(key, input_size, units, 1, dtype)
+    if use_bias:
+      params["bias"] = jnp.zeros((units,), dtype)
+    return params
+
+  def project(params, x, input_mask=None):
+    xw = gate_matmul(x, params["kernel"], input_mask)
+    return xw + params["bias"] if use_bias else xw
+
+  def recurrent(params, h, xw_t, recurrent_mask=None):
+    h = act(xw_t + gate_matmul(h, params["recurrent_kernel"], recurrent_mask))
+    return h, h
+
+  return Cell("simple_rnn", 1, init,
+              lambda batch_size, units, dtype=jnp.float32: _zeros_carry(batch_size, units, dtype),
+              project, recurrent, lambda h: h)
+
+
+# ----------------------------------------------------------------------------- LSTM
+
+def lstm(activation: Union[str, Callable] = "tanh",
+         recurrent_activation: Union[str, Callable] = "sigmoid",
+         use_bias: bool = True, unit_forget_bias: bool = True) -> Cell:
+  """LSTM (Hochreiter & Schmidhuber 1997) as Keras's LSTMCell; gates i, f, c, o; carry (h, c)."""
+  act, gate = activations.get(activation), activations.get(recurrent_activation)
+
+  def init(key, input_size, units, dtype=jnp.float32):
+    params = _init_kernels(key, input_size, units, 4, dtype)
+    if use_bias:
+      bias = jnp.zeros((4 * units,), dtype)
+      params["bias"] = bias.at[units:2 * units].set(1.0) if unit_forget_bias else bias
+    return params
+
+  def initial_carry(batch_size, units, dtype=jnp.float32):
+    return (_zeros_carry(batch_size, units, dtype), _zeros_carry(batch_size, units, dtype))
+
+  def project(params, x, input_mask=None):
+    xw = gate_matmul(x, params["kernel"], input_mask)
+    return xw + params["bias"] if use_bias else xw
+
+  def recurrent(params, carry, xw_t, recurrent_mask=None):
+    h, c = carry
+    z = xw_t + gate_matmul(h, params["recurrent_kernel"], recurrent_mask)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = gate(f) * c + gate(i) * act(g)
+    h = gate(o) * act(c)
+    return (h, c), h
+
+  return Cell("lstm", 4, init, initial_carry, project, recurrent, lambda carry: carry[0])
+
+
+# ----------------------------------------------------------------------------- GRU
+
+def gru(activation: Union[str, Callable] = "tanh",
+        recurrent_activation: Union[str, Callable] = "sigmoid",
+        use_bias: bool = True, reset_after: bool = True) -> Cell:
+  """GRU (Cho et al. 2014) as Keras's GRUCell; gates z, r, h.
+
+  Keras's update, followed here so that weights carry over:
+      h_t = z * h_{t-1} + (1 - z) * h~
+  The lecture writes h_t = (1 - z) * h_{t-1} + z * h~: the same family with z relabelled
+  (z_lecture = 1 - z_keras).
+
+  reset_after=False is the lecture's (and Cho et al.'s) form, the reset gate applied to
+  h_{t-1} before the recurrent matmul: h~ = f(x W_h + (r * h_{t-1}) U_h + b_h).
+  reset_after=True (Keras's default, cuDNN's and PyTorch's) applies it after:
+  h~ = f(x W_h + b_h + r * (h_{t-1} U_h + b'_h)), with a second, recurrent bias:
+  `bias` is [2, 3*units].
+  """
+  act, gate = activations.get(activation), activations.get(recurrent_activation)
+
+  def init(key, input_size, units, dtype=jnp.float32):
+    params = _init_kernels(key, input_size, units, 3, dtype)
+    if use_bias:
+      params["bias"] = jnp.zeros((2, 3 * units) if reset_after else (3 * units,), dtype)
+    return params
+
+  def project(params, x, input_mask=None):
+    xw = gate_matmul(x, params["kernel"], input_mask)
+    if not use_bias:
+      return xw
+    return xw + (params["bias"][0] if reset_after else params["bias"])
+
+  def recurrent(params, h, xw_t, recurrent_mask=None):
+    units = h.shape[-1]
+    kernel = params["recurrent_kernel"]
+    x_z, x_r, x_h = jnp.split(xw_t, 3, axis=-1)
+    if reset_after:
+      inner = gate_matmul(h, kernel, recurrent_mask)
+      if use_bias:
+        inner = inner + params["bias"][1]
+      h_z, h_r, h_h = jnp.split(inner, 3, axis=-1)
+      z, r = gate(x_z + h_z), gate(x_r + h_r)
+      candidate = act(x_h + r * h_h)
+    else:
+      inner = gate_matmul(h, kernel[:, :2 * units], _split_mask(recurrent_mask, 0, 2))
+      h_z, h_r = jnp.split(inner, 2, axis=-1)
+      z, r = gate(x_z + h_z), gate(x_r + h_r)
+      h_for_candidate = r * h
+      candidate = act(x_h + gate_matmul(h_for_candidate, kernel[:, 2 * units:],
+                                        _split_mask(recurrent_mask, 2, 3)))
+    h = z * h + (1.0 - z) * candidate
+    return h, h
+
+  return Cell("gru", 3, init,
+              lambda batch_size, units, dtype=jnp.float32: _zeros_carry(batch_size, units, dtype),
+              project, recurrent, lambda h: h)
+
+
+CELLS = {"simple_rnn": simple_rnn, "lstm": lstm, "gru": gru}

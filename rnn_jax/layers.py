@@ -1,0 +1,253 @@
+"""Layers as compositions of pure functions, and `Sequential` to stack them.
+
+Every layer is a frozen dataclass of its settings with two pure methods:
+
+  init(key, input_shape) -> (params, output_shape)       shapes without the batch axis
+  apply(params, x, mask=None, *, training=False, key=None) -> (y, mask)
+
+`mask` (<bool>[batch, time], False at padding) flows through the stack as in Keras:
+`Embedding(mask_zero=True)` makes it, recurrent layers consume it, layers that keep the
+time axis pass it on. Parameters are plain dicts with Keras's names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax import activations, cells, recurrent
+from rnn_jax.cells import glorot_uniform
+
+Array = jax.Array
+Shape = tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+  """y = activation(x @ kernel + bias) on the last axis. <float32>[..., in] -> [..., units]."""
+  units: int
+  activation: Union[str, Callable, None] = None
+  use_bias: bool = True
+
+  def init(self, key, input_shape: Shape):
+    params = {"kernel": glorot_uniform(key, (input_shape[-1], self.units))}
+    if self.use_bias:
+      params["bias"] = jnp.zeros((self.units,))
+    return params, (*input_shape[:-1], self.units)
+
+  def apply(self, params, x, mask=None, *, training=False, key=None):
+    y = x @ params["kernel"]
+    if self.use_bias:
+      y = y + params["bias"]
+    return activations.get(self.activation)(y), mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Maxout:
+  """Maxout unit (Goodfellow et al. 2013): the max over `pieces` affine maps. [..., in] -> [..., units]."""
+  units: int
+  pieces: int = 2
+
+  def init(self, key, input_shape: Shape):
+    params = {"kernel": glorot_uniform(key, (input_shape[-1], self.units * self.pieces)),
+              "bias": jnp.zeros((self.units * self.pieces,))}
+    return params, (*input_shape[:-1], self.units)
+
+  def apply(self, params, x, mask=None, *, training=False, key=None):
+    y = x @ params["kernel"] + params["bias"]
+    return y.reshape(*y.shape[:-1], self.units, self.pieces).max(axis=-1), mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedding:
+  """Token ids <int32>[batch, time] -> <float32>[batch, time, output_dim].
+
+  With `mask_zero`, id 0 is padding: the output mask is `ids != 0`.
+  """
+  input_dim: int
+  output_dim: int
+  mask_zero: bool = False
+
+  def init(self, key, input_shape: Shape):
+    # Keras's default embeddings_initializer: uniform(-0.05, 0.05).
+    table = jax.random.uniform(key, (self.input_dim, self.output_dim), minval=-0.05, maxval=0.05)
+    return {"embeddings": table}, (*input_shape, self.output_dim)
+
+  def apply(self, params, x, mask=None, *, training=False, key=None):
+    ids = x.astype(jnp.int32)
+    y = jnp.take(params["embeddings"], ids, axis=0)
+    return y, (ids != 0) if self.mask_zero else mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten:
+  """[batch, d1, d2, ...] -> [batch, d1 * d2 * ...]; drops the mask."""
+
+  def init(self, key, input_shape: Shape):
+    return {}, (math.prod(input_shape),)
+
+  def apply(self, params, x, mask=None, *, training=False, key=None):
+    return x.reshape(x.shape[0], -1), None
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+  """Inverted dropout at `rate`, a fresh mask for every element; identity in inference."""
+  rate: float
+
+  def init(self, key, input_shape: Shape):
+    return {}, input_shape
+
+  def apply(self, params, x, mask=None, *, training=False, key=None):
+    if not training or self.rate <= 0.0:
+      return x, mask
+    if key is None:
+      raise ValueError("Dropout in training needs a PRNG key: pass key=...")
+    return x * recurrent.dropout_mask(key, self.rate, x.shape, x.dtype), mask
+
+
+@dataclasses.dataclass(frozen=True)
+class RNN:
+  """A recurrent layer: a `Cell` unrolled by `rnn_jax.recurrent.unroll`.
+
+  <float32>[batch, time, features] -> [batch, time, units] with `return_sequences`, else
+  [batch, units]. With `return_state` the output is `(y, *carry_leaves)` as in Keras
+  (`(y, h)` for GRU and SimpleRNN, `(y, h, c)` for LSTM); use it as a stack's last layer.
+  """
+  cell: cells.Cell
+  units: int
+  return_sequences: bool = False
+  return_state: bool = False
+  go_backwards: bool = False
+  dropout: float = 0.0
+  recurrent_dropout: float = 0.0
+  zero_output_for_mask: bool = False
+  unroll: int = 1
+
+  def init(self, key, input_shape: Shape):
+    time, features = input_shape[-2], input_shape[-1]
+    params = self.cell.init(key, features, self.units)
+    return params, ((time, self.units) if self.return_sequences else (self.units,))
+
+  def apply(self, params, x, mask=None, *, training=False, key=None, initial_carry=None):
+    y, carry = recurrent.unroll(
+        self.cell, params, x, initial_carry=initial_carry, mask=mask,
+        go_backwards=self.go_backwards, return_sequences=self.return_sequences,
+        zero_output_for_mask=self.zero_output_for_mask, dropout=self.dropout,
+        recurrent_dropout=self.recurrent_dropout, training=training, key=key,
+        unroll=self.unroll)
+    out_mask = mask if self.return_sequences else None
+    if self.return_state:
+      return (y, *jax.tree_util.tree_leaves(carry)), out_mask
+    return y, out_mask
+
+
+def SimpleRNN(units: int, activation="tanh", use_bias=True, **kwargs) -> RNN:
+  return RNN(cells.simple_rnn(activation, use_bias), units, **kwargs)
+
+
+def LSTM(units: int, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+         unit_forget_bias=True, **kwargs) -> RNN:
+  return RNN(cells.lstm(activation, recurrent_activation, use_bias, unit_forget_bias), units,
+             **kwargs)
+
+
+def GRU(units: int, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+        reset_after=True, **kwargs) -> RNN:
+  return RNN(cells.gru(activation, recurrent_activation, use_bias, reset_after), units,
+             **kwargs)
+
+
+MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bidirectional:
+  """Runs `layer` forwards and a copy of it backwards, and merges the two, as Keras does.
+
+  The backward copy reads the reversed sequence (`go_backwards`); its sequence output is
+  flipped back so both align in time. With `return_sequences`, masked steps output zeros
+  (Keras sets `zero_output_for_mask` on both). merge_mode None returns (forward, backward).
+  """
+  layer: RNN
+  merge_mode: Optional[str] = "concat"
+  backward_layer: Optional[RNN] = None
+
+  def __post_init__(self):
+    if self.merge_mode not in MERGE_MODES:
+      raise ValueError(f"Bidirectional merge_mode {self.merge_mode!r} is not one of {MERGE_MODES}")
+    if self.layer.return_state:
+      raise ValueError("Bidirectional does not support return_state")
+
+  @property
+  def forward(self) -> RNN:
+    return dataclasses.replace(self.layer, zero_output_for_mask=self.layer.return_sequences)
+
+  @property
+  def backward(self) -> RNN:
+    layer = self.backward_layer or dataclasses.replace(
+        self.layer, go_backwards=not self.layer.go_backwards)
+    return dataclasses.replace(layer, zero_output_for_mask=layer.return_sequences)
+
+  def init(self, key, input_shape: Shape):
+    k_f, k_b = jax.random.split(key)
+    p_f, shape_f = self.forward.init(k_f, input_shape)
+    p_b, shape_b = self.backward.init(k_b, input_shape)
+    if self.merge_mode == "concat":
+      shape = (*shape_f[:-1], shape_f[-1] + shape_b[-1])
+    else:
+      shape = shape_f
+    return {"forward": p_f, "backward": p_b}, shape
+
+  def apply(self, params, x, mask=None, *, training=False, key=None):
+    k_f = k_b = None
+    if key is not None:
+      k_f, k_b = jax.random.split(key)
+    y_f, _ = self.forward.apply(params["forward"], x, mask, training=training, key=k_f)
+    y_b, _ = self.backward.apply(params["backward"], x, mask, training=training, key=k_b)
+    if self.layer.return_sequences:
+      y_b = jnp.flip(y_b, axis=1)
+    out_mask = mask if self.layer.return_sequences else None
+    if self.merge_mode is None:
+      return (y_f, y_b), out_mask
+    merged = {
+        "concat": lambda: jnp.concatenate([y_f, y_b], axis=-1),
+        "sum": lambda: y_f + y_b,
+        "mul": lambda: y_f * y_b,
+        "ave": lambda: (y_f + y_b) / 2,
+    }[self.merge_mode]()
+    return merged, out_mask
+
+
+Layer = Any  # anything with init(key, input_shape) and apply(params, x, mask, *, training, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequential:
+  """A stack of layers: `params = model.init(key, sample_input)`,
+  `y = model.apply(params, x, training=False, key=None)`.
+
+  Params are a tuple with one entry per layer. Each layer that draws random numbers
+  gets `fold_in(key, layer_index)`.
+  """
+  layers: tuple
+
+  def __init__(self, layers: Sequence[Layer]):
+    object.__setattr__(self, "layers", tuple(layers))
+
+  def init(self, key, sample_input) -> tuple:
+    shape = tuple(jnp.shape(sample_input))[1:]
+    params = []
+    for i, layer in enumerate(self.layers):
+      p, shape = layer.init(jax.random.fold_in(key, i), shape)
+      params.append(p)
+    return tuple(params)
+
+  def apply(self, params, x, *, training: bool = False, key=None, mask=None):
+    for i, (layer, p) in enumerate(zip(self.layers, params)):
+      layer_key = None if key is None else jax.random.fold_in(key, i)
+      x, mask = layer.apply(p, x, mask, training=training, key=layer_key)
+    return x

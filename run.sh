@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Quick start: creates .venv on first use, installs the project, then
+#   ./run.sh                 the adding-problem comparison (offline, a few minutes on 2 cores)
+#   ./run.sh test [ARGS]     the test suite (pytest ARGS)
+#   ./run.sh NAME [--flags]  python -m experiments.NAME --flags
+#   ./run.sh bench [--flags] python -m benchmarks.run --flags
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+
+install() {  # install NAME ARGS...: pip install ARGS once, again when pyproject.toml changes
+  local stamp="$VENV/.installed-$1"; shift
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
+    touch "$stamp"
+  fi
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "run.sh: creating $VENV (first run only)" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+install core -e .
+
+case "${1:-}" in
+  "")
+    exec "$VENV/bin/python" -m experiments.adding_problem ;;
+  test)
+    shift
+    install test -e ".[test]"
+    # PyTorch 2.13.0's CPU wheel lies on these machines' disk; its parity tests need it.
+    install torch "torch==2.13.0"
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  bench)
+    shift
+    install test -e ".[test]"
+    exec "$VENV/bin/python" -m benchmarks.run "$@" ;;
+  -h|--help)
+    sed -n '2,7p' "$0" ;;
+  *)
+    name="$1"; shift
+    exec "$VENV/bin/python" -m "experiments.$name" "$@" ;;
+esac
