@@ -1,0 +1,1 @@
+"""Data pipelines: every source hands the training loop a `Batches` (see batches.py)."""
