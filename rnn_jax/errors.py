@@ -1,0 +1,35 @@
+"""Errors a user can fix: one line naming the file, line, column or flag; no traceback.
+
+Raise `UserError("path/to/file.csv line 12, column 'T (degC)': not a number: 'abc'")`
+anywhere; `run(main)` (the experiments' entry point, in place of `absl.app.run`) prints
+`error: <message>` on stderr and exits with status 2.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app
+
+
+class UserError(Exception):
+  """A problem with the user's input, flags or files; the message is shown as is."""
+
+
+def _guarded(main: Callable) -> Callable:
+  def wrapper(argv):
+    try:
+      return main(argv)
+    except UserError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
+  return wrapper
+
+
+def run(main: Callable) -> None:
+  """`absl.app.run(main)`, with `UserError` turned into a one-line message and exit 2.
+
+  absl itself reports bad flag values (unknown enum, failed validator) in one line and
+  exits 1.
+  """
+  app.run(_guarded(main))
