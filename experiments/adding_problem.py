@@ -1,0 +1,65 @@
+"""The adding problem: SimpleRNN fails where LSTM and GRU learn long-range dependencies.
+
+  python -m experiments.adding_problem                      # all three models, a few minutes
+  python -m experiments.adding_problem --models=gru --seq_len=200
+
+Each model trains with the shared `fit` into <workdir>/<model>/; then a markdown table of
+test MSE and a plot of validation MSE per epoch (<workdir>/comparison.png).
+"""
+import os
+
+from absl import flags
+
+from rnn_jax import errors, layers, plots, train
+from rnn_jax.data import adding
+
+MODELS = {
+    "simple_rnn": lambda units: layers.Sequential([layers.SimpleRNN(units), layers.Dense(1)]),
+    "lstm": lambda units: layers.Sequential([layers.LSTM(units), layers.Dense(1)]),
+    "gru": lambda units: layers.Sequential([layers.GRU(units), layers.Dense(1)]),
+}
+
+flags.DEFINE_list("models", list(MODELS), f"Models to compare, from {list(MODELS)}.")
+flags.DEFINE_integer("seq_len", 50, "Sequence length T.")
+flags.DEFINE_integer("units", 32, "Units of each recurrent layer.")
+flags.DEFINE_integer("num_train", 6400, "Training + validation sequences.")
+flags.DEFINE_integer("num_test", 1000, "Test sequences.")
+FLAGS = train.define_flags(epochs=8, batch_size=64, optimizer="adam", learning_rate=1e-2,
+                           validation_split=0.2)
+
+
+def main(argv):
+  del argv
+  unknown = [m for m in FLAGS.models if m not in MODELS]
+  if unknown:
+    raise errors.UserError(f"--models: unknown {unknown}; choose from {list(MODELS)}")
+  for name in ("seq_len", "units", "num_train", "num_test"):
+    if FLAGS[name].value < 2:
+      raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
+  workdir = FLAGS.workdir or os.path.join("runs", "adding_problem")
+  data = adding.batches(seq_len=FLAGS.seq_len, num_train=FLAGS.num_train,
+                        num_test=FLAGS.num_test, validation_split=FLAGS.validation_split,
+                        batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+  results = {}
+  for model_name in FLAGS.models:
+    print(f"--- {model_name}, T={FLAGS.seq_len}", flush=True)
+    options = train.TrainOptions.from_flags(FLAGS, experiment="adding_problem",
+                                            model_name=model_name,
+                                            workdir=os.path.join(workdir, model_name))
+    results[model_name] = train.fit(MODELS[model_name](FLAGS.units), data, loss="mse",
+                                    options=options).results
+
+  print(f"\nAdding problem, T={FLAGS.seq_len} (predicting the mean: MSE "
+        f"{adding.CONSTANT_PREDICTION_MSE:.3f})\n\n| model | test MSE | best epoch | seconds |\n"
+        "|---|---|---|---|")
+  for model_name, r in results.items():
+    print(f"| {model_name} | {r['test']['loss']:.4f} | {r['best_epoch']} | {r['seconds']:.0f} |")
+  plots.compare({m: [h["val_loss"] for h in r["history"]] for m, r in results.items()},
+                os.path.join(workdir, "comparison.png"), ylabel="Validation MSE",
+                title=f"Adding problem, T={FLAGS.seq_len}",
+                baseline=adding.CONSTANT_PREDICTION_MSE)
+  print(f"\nwrote {os.path.join(workdir, 'comparison.png')}")
+
+
+if __name__ == "__main__":
+  errors.run(main)

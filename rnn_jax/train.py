@@ -1,0 +1,522 @@
+"""The one training loop every experiment shares: `fit`, `evaluate`, flags and results.
+
+  FLAGS = train.define_flags(epochs=10, batch_size=128)      # shared absl flags
+  options = train.TrainOptions.from_flags(FLAGS, experiment="imdb", model_name="lstm")
+  result = train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=options)
+
+`fit` trains a `model` (init(key, sample_x), apply(params, x, *, training, key)) on a
+`rnn_jax.data.batches.Batches` with a Keras optimizer (rnn_jax.optim), data-parallel over
+a `jax.sharding.Mesh` of `--num_devices` local devices (one device is a mesh of one). It
+checkpoints after every epoch (rnn_jax.checkpoints), so that `--resume` after a crash, a
+SIGKILL or a Ctrl-C ends with the same results as an uninterrupted run, and writes
+`<workdir>/results.json`, `<workdir>/history.png` and a progress line per epoch.
+
+Randomness: the model is initialised with `key(seed)`; the dropout key of step `s`
+(0-based) of epoch `e` (1-based) is `fold_in(fold_in(key(seed), e), s)`; the batches of
+epoch `e` are `batches.train(seed, e)`. Nothing else is random, so a run is a function
+of its flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rnn_jax import checkpoints, optim, plots
+from rnn_jax.errors import UserError
+
+LOSSES = ("mae", "mse", "bce_logits")
+METRICS = ("accuracy", "mae")
+# Flags that may differ between a run and its resumption.
+_RESUMABLE_FLAGS = ("resume", "overwrite", "epochs", "workdir", "num_devices")
+
+
+# ----------------------------------------------------------------------------- flags
+
+def define_flags(**defaults) -> flags.FlagValues:
+  """Registers the shared training flags (once) and sets the experiment's defaults."""
+  if "num_devices" not in flags.FLAGS:
+    flags.DEFINE_string("workdir", None,
+                        "Output directory (default runs/<experiment>/<model>).")
+    flags.DEFINE_integer("seed", 0, "Seed of the initialisation, dropout and shuffling.")
+    flags.DEFINE_integer("epochs", 10, "Number of epochs.")
+    flags.DEFINE_integer("batch_size", 32, "Global batch size (over all devices).")
+    flags.DEFINE_integer("steps_per_epoch", None, "Training steps per epoch (default: the data's).")
+    flags.DEFINE_integer("validation_steps", None, "Validation steps (default: the data's).")
+    flags.DEFINE_float("validation_split", 0.2, "Fraction of array data held out for validation.")
+    flags.DEFINE_enum("optimizer", "rmsprop", optim.OPTIMIZERS, "Optimizer, with Keras's defaults.")
+    flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
+    flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm.")
+    flags.DEFINE_bool("resume", False, "Continue from the workdir's latest checkpoint.")
+    flags.DEFINE_bool("overwrite", False, "Replace a finished or interrupted run in the workdir.")
+    flags.DEFINE_integer("num_devices", None, "Data-parallel devices (default: all local ones).")
+  for name, value in defaults.items():
+    if name not in flags.FLAGS:
+      raise ValueError(f"define_flags: no flag named {name!r}")
+    flags.FLAGS.set_default(name, value)
+  return flags.FLAGS
+
+
+def _check_flags(values: Mapping[str, Any]) -> None:
+  """One-line UserError for the first bad shared flag value."""
+  def need(ok: bool, name: str, what: str):
+    if not ok:
+      raise UserError(f"--{name} must be {what}, got {values[name]!r}")
+  positive_int = lambda v: isinstance(v, int) and v >= 1
+  need(positive_int(values["epochs"]), "epochs", "a positive integer")
+  need(positive_int(values["batch_size"]), "batch_size", "a positive integer")
+  for name in ("steps_per_epoch", "validation_steps", "num_devices"):
+    need(values[name] is None or positive_int(values[name]), name, "a positive integer")
+  need(0.0 <= values["validation_split"] < 1.0, "validation_split", "in [0, 1)")
+  need(math.isfinite(values["learning_rate"]) and values["learning_rate"] > 0,
+       "learning_rate", "positive")
+  need(values["clip_norm"] is None or (math.isfinite(values["clip_norm"])
+                                       and values["clip_norm"] > 0), "clip_norm", "positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+  """Everything `fit` needs to know besides the model and the data."""
+  experiment: str
+  model_name: str
+  workdir: str
+  seed: int = 0
+  epochs: int = 10
+  optimizer: str = "rmsprop"
+  learning_rate: float = 1e-3
+  clip_norm: Optional[float] = None
+  resume: bool = False
+  overwrite: bool = False
+  num_devices: Optional[int] = None
+  flags: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # recorded in results.json
+  steps_per_epoch: Optional[int] = None   # None: the data's own
+  validation_steps: Optional[int] = None  # None: the data's own
+
+  @classmethod
+  def from_flags(cls, flag_values: flags.FlagValues, *, experiment: str, model_name: str,
+                 workdir: Optional[str] = None) -> "TrainOptions":
+    """Options from parsed flags; bad values raise a one-line `UserError`.
+
+    `workdir` overrides --workdir (e.g. one subdirectory per model of a comparison);
+    by default it is --workdir, or runs/<experiment>/<model_name>.
+    """
+    recorded = {f.name: f.value for module, module_flags in
+                flag_values.flags_by_module_dict().items() if not module.startswith("absl")
+                for f in module_flags}
+    values = {name: flag_values[name].value for name in flag_values}
+    _check_flags(values)
+    return cls(
+        experiment=experiment, model_name=model_name,
+        workdir=workdir or values["workdir"] or os.path.join("runs", experiment, model_name),
+        seed=values["seed"], epochs=values["epochs"], optimizer=values["optimizer"],
+        learning_rate=values["learning_rate"], clip_norm=values["clip_norm"],
+        resume=values["resume"], overwrite=values["overwrite"],
+        num_devices=values["num_devices"], flags=recorded,
+        steps_per_epoch=values["steps_per_epoch"],
+        validation_steps=values["validation_steps"])
+
+
+# --------------------------------------------------------------------- losses, metrics
+
+def _per_example(name: str, pred: jax.Array, y: jax.Array) -> jax.Array:
+  """The loss or metric `name` of each example, <float32>[batch] (Keras's mean over the rest)."""
+  if pred.shape != y.shape and pred.size == y.size:
+    pred = pred.reshape(y.shape)  # e.g. Dense(1)'s [batch, 1] against targets [batch]
+  y = y.astype(pred.dtype)
+  values = {
+      "mae": lambda: jnp.abs(pred - y),
+      "mse": lambda: jnp.square(pred - y),
+      "bce_logits": lambda: optax.sigmoid_binary_cross_entropy(pred, y),
+      "accuracy": lambda: ((pred > 0) == (y > 0.5)).astype(jnp.float32),
+  }[name]()
+  return values.reshape(values.shape[0], -1).mean(axis=1)
+
+
+def _sums(loss: str, metrics: Sequence[str], pred, y, weight) -> dict:
+  """Weighted sums over a batch: {"loss", *metrics, "count"}; means come from dividing."""
+  sums = {name: jnp.sum(_per_example(fn, pred, y) * weight)
+          for name, fn in [("loss", loss), *[(m, m) for m in metrics]]}
+  sums["count"] = jnp.sum(weight)
+  return sums
+
+
+def _zero_totals(loss: str, metrics: Sequence[str]) -> dict:
+  totals = {name: jnp.zeros([], jnp.float32) for name in ("loss", *metrics, "count")}
+  totals["steps"] = jnp.zeros([], jnp.int32)          # steps taken in this epoch
+  totals["first_nonfinite"] = -jnp.ones([], jnp.int32)  # first step with a NaN/inf loss
+  return totals
+
+
+def _means(totals: Mapping[str, Any], names: Sequence[str]) -> dict:
+  count = max(float(totals["count"]), 1e-12)
+  return {name: float(totals[name]) / count for name in names}
+
+
+def _with_units(values: dict, target_unit) -> dict:
+  """Adds `<key>_<unit>` = value * scale for every MAE entry (e.g. mae_degC)."""
+  if target_unit is None:
+    return values
+  unit, scale = target_unit
+  out = dict(values)
+  for key, value in values.items():
+    if key == "mae" or key.endswith("_mae"):
+      out[f"{key}_{unit}"] = value * float(scale)
+  return out
+
+
+# ------------------------------------------------------------------------- evaluation
+
+def _make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: Mesh):
+  replicated, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+
+  def eval_step(params, totals, x, y, weight):
+    sums = _sums(loss, metrics, apply_fn(params, x), y, weight)
+    return {k: totals[k] + sums[k] if k in sums else totals[k] for k in totals}
+
+  return jax.jit(eval_step, in_shardings=(replicated, replicated, data, data, data),
+                 out_shardings=replicated, donate_argnums=(1,))
+
+
+def _run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=None) -> dict:
+  data = NamedSharding(mesh, PartitionSpec("data"))
+  totals = jax.device_put(_zero_totals(loss, metrics), NamedSharding(mesh, PartitionSpec()))
+  for batch in itertools.islice(batches, steps):
+    totals = eval_step(params, totals, *jax.device_put(batch, data))
+  return _means(jax.device_get(totals), ("loss", *metrics))
+
+
+def evaluate(apply_fn: Callable, params, batches: Iterable, *, loss: str,
+             metrics: Sequence[str] = (), steps: Optional[int] = None,
+             target_unit=None) -> dict:
+  """Mean loss and metrics of `apply_fn(params, x)` over (x, y, weight) batches.
+
+  Means are over the real rows (weight 1) of all batches, as Keras's `evaluate`. Runs on
+  the first local device. Returns {"loss": ..., **metrics} (+ "mae_<unit>").
+  """
+  _check_names(loss, metrics)
+  mesh = Mesh(np.array(jax.local_devices()[:1]), ("data",))
+  eval_step = _make_eval_step(apply_fn, loss, tuple(metrics), mesh)
+  means = _run_eval(eval_step, params, batches, loss, metrics, mesh, steps)
+  return _with_units(means, target_unit)
+
+
+def _check_names(loss, metrics):
+  if loss not in LOSSES:
+    raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
+  for metric in metrics:
+    if metric not in METRICS:
+      raise ValueError(f"metric {metric!r} is not one of {METRICS}")
+
+
+# ---------------------------------------------------------------------------- results
+
+def write_results(workdir: os.PathLike, results: Mapping[str, Any]) -> Path:
+  """Writes `<workdir>/results.json` atomically; returns its path."""
+  path = Path(workdir) / "results.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  checkpoints.write_atomic(path, json.dumps(results, indent=2) + "\n")
+  return path
+
+
+class FitResult(NamedTuple):
+  results: dict  # as written to results.json
+  params: Any    # the best checkpoint's parameters
+
+
+class Diverged(UserError):
+  """The loss became NaN or infinite."""
+
+
+class Interrupted(UserError):
+  """SIGINT: the run stopped after saving a checkpoint."""
+
+
+def _kill_point(name: str) -> None:
+  """Tests set RNN_JAX_TEST_KILL_AT=<name> to SIGKILL the process at a named point."""
+  if os.environ.get("RNN_JAX_TEST_KILL_AT") == name:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _StopOnSigint:
+  """While active, the first SIGINT only sets `requested` (the loop saves and stops);
+  a second one interrupts as usual."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handler(self, signum, frame):
+    self.requested = True
+    signal.signal(signal.SIGINT, self._previous)
+    print("\nSIGINT: stopping after saving a checkpoint (Ctrl-C again to abort)",
+          file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGINT, self._handler)
+    except ValueError:  # not the main thread: leave SIGINT alone
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _prepare_workdir(options: TrainOptions) -> Path:
+  """Refuses to touch a finished or interrupted run unless --overwrite / --resume."""
+  workdir = Path(options.workdir)
+  ckpt_dir = workdir / "checkpoints"
+  if options.overwrite:
+    for name in ("results.json", "history.png"):
+      (workdir / name).unlink(missing_ok=True)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+  elif (workdir / "results.json").exists():
+    raise UserError(f"{workdir} already holds a finished run ({workdir / 'results.json'}); "
+                    "pass --overwrite to replace it or choose another --workdir")
+  elif not options.resume and checkpoints.committed(ckpt_dir / "latest"):
+    raise UserError(f"{workdir} holds an unfinished run ({ckpt_dir}); pass --resume to "
+                    "continue it or --overwrite to start over")
+  workdir.mkdir(parents=True, exist_ok=True)
+  return workdir
+
+
+# ----------------------------------------------------------------------------- fit
+
+def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: TrainOptions,
+        target_unit: Optional[tuple[str, float]] = None,
+        extra_results: Optional[Mapping[str, Any]] = None) -> FitResult:
+  """Trains `model` on `batches`, checkpointing every epoch; see the module docstring.
+
+  Args:
+    model: has init(key, sample_x) -> params and apply(params, x, *, training, key) -> y.
+    batches: a `rnn_jax.data.batches.Batches`.
+    loss: "mae" | "mse" | "bce_logits" (binary cross-entropy on logits), averaged over
+      the real rows (weight 1) of each batch.
+    metrics: a subset of ("accuracy", "mae"); accuracy compares logits > 0 with y > 0.5.
+    options: `TrainOptions`.
+    target_unit: (unit, scale): every "mae" value also gets "mae_<unit>" = mae * scale.
+    extra_results: added to results.json.
+
+  Returns:
+    FitResult(results, params) with the best epoch's (lowest validation loss) params.
+  """
+  _check_names(loss, metrics)
+  metrics = tuple(metrics)
+  workdir = _prepare_workdir(options)
+  ckpt_dir = workdir / "checkpoints"
+
+  # The data, and how much of it an epoch uses.
+  steps_per_epoch = options.steps_per_epoch or batches.steps_per_epoch
+  if steps_per_epoch > batches.steps_per_epoch:
+    raise UserError(f"--steps_per_epoch={steps_per_epoch} but the data has only "
+                    f"{batches.steps_per_epoch} batches per epoch")
+  val_steps = batches.val_steps if options.validation_steps is None else min(
+      options.validation_steps, batches.val_steps)
+  if steps_per_epoch < 1:
+    raise UserError("the training data is empty: no batch for an epoch")
+
+  # One device is a mesh of one: batches split over 'data', the rest replicated.
+  devices = jax.local_devices()
+  num_devices = options.num_devices or len(devices)
+  if num_devices > len(devices):
+    raise UserError(f"--num_devices={num_devices} but there are only {len(devices)} local devices")
+  if batches.batch_size % num_devices:
+    raise UserError(f"--batch_size={batches.batch_size} is not divisible by "
+                    f"--num_devices={num_devices}")
+  mesh = Mesh(np.array(devices[:num_devices]), ("data",))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data_sharding = NamedSharding(mesh, PartitionSpec("data"))
+
+  optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)
+  base_key = jax.random.key(options.seed)
+  sample_x, _, _ = next(iter(batches.train(options.seed, 1)))
+  params = jax.device_put(model.init(base_key, jnp.asarray(sample_x)), replicated)
+  opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
+  new_totals = lambda: jax.device_put(_zero_totals(loss, metrics), replicated)
+  copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=replicated)
+
+  def train_step(params, opt_state, totals, epoch_key, x, y, weight):
+    step = totals["steps"]
+    key = jax.random.fold_in(epoch_key, step)
+
+    def objective(p):
+      pred = model.apply(p, x, training=True, key=key)
+      per_example = _per_example(loss, pred, y)
+      return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0), pred
+
+    (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    sums = _sums(loss, metrics, pred, y, weight)
+    totals = {k: totals[k] + sums[k] if k in sums else totals[k] for k in totals}
+    totals["steps"] = step + 1
+    totals["first_nonfinite"] = jnp.where(
+        (totals["first_nonfinite"] < 0) & ~jnp.isfinite(value), step, totals["first_nonfinite"])
+    return params, opt_state, totals
+
+  train_step = jax.jit(
+      train_step, donate_argnums=(0, 1, 2),
+      in_shardings=(replicated,) * 4 + (data_sharding,) * 3,
+      out_shardings=(replicated,) * 3)
+  eval_step = _make_eval_step(lambda p, x: model.apply(p, x, training=False), loss, metrics, mesh)
+
+  # Where we are: a fresh start, or the latest good checkpoint.
+  config = {k: v for k, v in options.flags.items() if k not in _RESUMABLE_FLAGS}
+  meta = {"epoch": 0, "step": 0, "history": [], "best_epoch": None, "best_loss": None,
+          "best_val": None, "seconds": 0.0, "epoch_seconds": 0.0, "config": config}
+  best_params = copy(params)  # its own buffers: the train step donates `params`
+  totals = new_totals()
+  if options.resume:
+    target = {"params": params, "opt_state": opt_state, "best_params": best_params,
+              "totals": totals}
+    restored = checkpoints.restore(ckpt_dir / "latest", target)
+    if restored is None:
+      print(f"--resume: no checkpoint in {ckpt_dir / 'latest'}; starting fresh", flush=True)
+    else:
+      name, state, meta = restored
+      _check_same_config(meta["config"], config, workdir)
+      params, opt_state = state["params"], state["opt_state"]
+      best_params, totals = state["best_params"], state["totals"]
+      print(f"--resume: continuing from checkpoint {ckpt_dir / 'latest' / name}", flush=True)
+  history = meta["history"]
+  meta_seconds = meta["seconds"]
+  session_start = time.time()
+
+  def save_latest(epoch_done: int, step: int):
+    meta.update(epoch=epoch_done, step=step, history=history,
+                seconds=meta_seconds + time.time() - session_start)
+    state = {"params": params, "opt_state": opt_state, "best_params": best_params,
+             "totals": totals}
+    checkpoints.save(ckpt_dir / "latest", f"epoch{epoch_done:06d}-step{step:06d}", state, meta,
+                     keep=2, before_commit=lambda: _kill_point(f"latest:{epoch_done}:{step}"))
+
+  epoch_times = []
+  with _StopOnSigint() as sigint:
+    for epoch in range(meta["epoch"] + 1, options.epochs + 1):
+      # --- train
+      first_step = meta["step"]
+      epoch_start = time.time() - meta["epoch_seconds"]
+      epoch_key = jax.device_put(jax.random.fold_in(base_key, epoch), replicated)
+      train_batches = itertools.islice(batches.train(options.seed, epoch), first_step,
+                                       steps_per_epoch)
+      step = first_step
+      for batch in train_batches:
+        params, opt_state, totals = train_step(params, opt_state, totals, epoch_key,
+                                               *jax.device_put(batch, data_sharding))
+        step += 1
+        _kill_point(f"step:{epoch}:{step}")
+        if sigint.requested and step < steps_per_epoch:
+          meta["epoch_seconds"] = time.time() - epoch_start
+          save_latest(epoch - 1, step)
+          raise Interrupted(_resume_hint(workdir, f"interrupted in epoch {epoch} at step {step}"))
+      if step < steps_per_epoch:
+        raise UserError(f"the training data ended after {step} of {steps_per_epoch} "
+                        f"batches in epoch {epoch}")
+      train_totals = jax.device_get(totals)  # the one wait for the device per epoch
+      train_seconds = time.time() - epoch_start
+      if not math.isfinite(float(train_totals["loss"])):
+        bad_step = int(train_totals["first_nonfinite"]) + 1
+        raise Diverged(_resume_hint(
+            workdir, f"the loss is {float(train_totals['loss'])} in epoch {epoch} (first at step "
+            f"{bad_step} of {steps_per_epoch}); stopped, keeping the checkpoint of epoch "
+            f"{epoch - 1}", resumable=False))
+      row = {"epoch": epoch, **_means(train_totals, ("loss", *metrics))}
+
+      # --- validate, keep the best
+      if val_steps:
+        val = _run_eval(eval_step, params, batches.val(), loss, metrics, mesh, val_steps)
+        row.update({f"val_{k}": v for k, v in val.items()})
+      else:
+        val = {k: row[k] for k in ("loss", *metrics)}  # no validation data: judge by training
+      seconds = time.time() - epoch_start
+      row.update(seconds=seconds, steps_per_s=(step - first_step) / max(train_seconds, 1e-9))
+      row = _with_units(row, target_unit)
+      history.append(row)
+      if not math.isfinite(val["loss"]):
+        raise Diverged(_resume_hint(workdir, f"the validation loss is {val['loss']} after epoch "
+                                    f"{epoch}; stopped, keeping the checkpoint of epoch "
+                                    f"{epoch - 1}", resumable=False))
+      if meta["best_loss"] is None or val["loss"] < meta["best_loss"]:
+        best_params = copy(params)
+        meta.update(best_epoch=epoch, best_loss=val["loss"], best_val=_with_units(val, target_unit))
+        checkpoints.save(ckpt_dir / "best", f"epoch{epoch:06d}", {"params": params},
+                         {"epoch": epoch, "val": meta["best_val"]}, keep=1,
+                         before_commit=lambda: _kill_point(f"best:{epoch}"))
+      totals = new_totals()
+      meta.update(step=0, epoch_seconds=0.0)
+      save_latest(epoch, 0)
+      _kill_point(f"epoch:{epoch}")
+
+      epoch_times.append(seconds)
+      eta = (options.epochs - epoch) * sum(epoch_times) / len(epoch_times)
+      print(_progress_line(row, options.epochs, eta), flush=True)
+      if sigint.requested and epoch < options.epochs:
+        raise Interrupted(_resume_hint(workdir, f"interrupted after epoch {epoch}"))
+
+  # --- test with the best parameters, write results
+  test = None
+  if batches.test_steps:
+    test = _with_units(_run_eval(eval_step, best_params, batches.test(), loss, metrics, mesh),
+                       target_unit)
+  results = {
+      "experiment": options.experiment,
+      "model": options.model_name,
+      "flags": dict(options.flags),
+      "history": history,
+      "best_epoch": meta["best_epoch"],
+      "val": meta["best_val"],
+      "test": test,
+      "seconds": meta_seconds + time.time() - session_start,
+      **(extra_results or {}),
+  }
+  plots.history(history, workdir / "history.png", title=options.model_name)
+  _kill_point("results")
+  write_results(workdir, results)
+  print(f"best epoch {meta['best_epoch']}: val {_format_metrics(meta['best_val'])}"
+        + (f"; test {_format_metrics(test)}" if test else "") + f"; wrote {workdir}", flush=True)
+  return FitResult(results, best_params)
+
+
+def _check_same_config(saved: Mapping, current: Mapping, workdir: Path) -> None:
+  for name in sorted(set(saved) | set(current)):
+    if saved.get(name) != current.get(name):
+      raise UserError(f"--resume: {workdir} was trained with --{name}={saved.get(name)!r}, not "
+                      f"{current.get(name)!r}; use the same flags, or --overwrite")
+
+
+def _resume_hint(workdir: Path, what: str, resumable: bool = True) -> str:
+  if resumable:
+    return f"{what}; checkpoint saved, continue with --resume --workdir={workdir}"
+  return what + f" in {workdir / 'checkpoints'}"
+
+
+def _format_metrics(values: Optional[Mapping[str, float]]) -> str:
+  return " - ".join(f"{k}: {v:.4f}" for k, v in (values or {}).items())
+
+
+def _progress_line(row: Mapping[str, float], epochs: int, eta: float) -> str:
+  values = {k: v for k, v in row.items() if k not in ("epoch", "seconds", "steps_per_s")}
+  return (f"Epoch {row['epoch']}/{epochs} - {row['seconds']:.1f}s - "
+          f"{row['steps_per_s']:.1f} steps/s - ETA {_format_seconds(eta)} - "
+          + _format_metrics(values))
