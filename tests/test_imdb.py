@@ -258,3 +258,52 @@ def test_bad_npz_is_a_one_line_error(tmp_path):
   path.write_bytes(b"PK\x03\x04 not really a zip")
   with pytest.raises(UserError, match=r"imdb\.npz: truncated or corrupt npz"):
     imdb.load(path)
+
+
+# --- the experiment ---------------------------------------------------------------------
+
+
+def _run_experiment(tmp_path, *flags):
+  import json
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, RNN_JAX_DATA_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "experiments.imdb_sentiment", *flags],
+                        cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+  results = tmp_path / "run" / "results.json"
+  return proc, (json.loads(results.read_text()) if results.exists() else None)
+
+
+def test_experiment_end_to_end(tmp_path):
+  many = {key: [f"{text} number {i}" for i in range(8) for text in texts]
+          for key, texts in REVIEWS.items()}
+  archive = make_archive(tmp_path / "aclImdb_v1.tar.gz", many)
+  proc, results = _run_experiment(
+      tmp_path, f"--data_path={archive}", f"--workdir={tmp_path / 'run'}",
+      "--model=bidirectional_lstm", "--mask_zero", "--recurrent_dropout=0.2", "--maxlen=20",
+      "--max_features=30", "--units=4", "--embedding_dim=4", "--batch_size=8", "--epochs=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert results["experiment"] == "imdb_sentiment" and results["model"] == "bidirectional_lstm"
+  assert results["flags"]["maxlen"] == 20 and results["flags"]["mask_zero"] is True
+  assert results["data"] == {"source": str(archive), "train_reviews": 48, "test_reviews": 32,
+                             "vocabulary": len(imdb.load(archive, maxlen=1,
+                                                         cache_dir=tmp_path / "c").words)}
+  (epoch,) = results["history"]
+  assert 0.0 <= epoch["val_accuracy"] <= 1.0 and np.isfinite(epoch["loss"])
+  assert 0.0 <= results["test"]["accuracy"] <= 1.0 and results["best_epoch"] == 1
+  assert (tmp_path / "run" / "history.png").is_file()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--data_path={tmp}/missing.tar.gz", "error: {tmp}/missing.tar.gz: no such file\n"),
+    ("--max_features=3", "error: --max_features must be at least 4 (ids 0-2 are padding, "
+                         "start, OOV), got 3\n"),
+])
+def test_experiment_bad_input_is_one_line(tmp_path, flag, message):
+  proc, results = _run_experiment(tmp_path, flag.format(tmp=tmp_path),
+                                  f"--workdir={tmp_path / 'run'}")
+  assert proc.returncode == 2
+  assert proc.stderr.endswith(message.format(tmp=tmp_path))
+  assert "Traceback" not in proc.stderr and results is None
+  assert not (tmp_path / "run").exists() and _cache_files(tmp_path / "cache") == []

@@ -1,0 +1,91 @@
+"""IMDB sentiment: the lecture's Embedding(10000, 32) -> LSTM(32) -> Dense(1), and its variants.
+
+  python -m experiments.imdb_sentiment --data_path=/path/aclImdb_v1.tar.gz     # the LSTM
+  python -m experiments.imdb_sentiment --model=bidirectional_lstm
+  python -m experiments.imdb_sentiment --model=gru --recurrent_dropout=0.2
+
+The reviews are encoded as `keras.datasets.imdb.load_data(num_words=--max_features)` and
+`pad_sequences(maxlen=--maxlen)` do (rnn_jax.data.imdb); without --data_path the canonical
+archive is downloaded once into third_party_data/cache. Training is the lecture's
+`fit(epochs=10, batch_size=128, validation_split=0.2)` with RMSprop(1e-3), through the
+shared `rnn_jax.train.fit`; the model's Dense(1) gives a logit and the loss is binary
+cross-entropy on logits, the same function as sigmoid + BCE. The test accuracy is that of
+the epoch with the lowest validation loss. Results go to runs/imdb_sentiment/<model>/.
+"""
+from absl import flags
+
+from rnn_jax import errors, layers, train
+from rnn_jax.data import imdb
+
+# name -> the recurrent part, given (units, dropout, recurrent_dropout).
+RECURRENT = {
+    "simple_rnn": lambda units, **dropouts: layers.SimpleRNN(units, **dropouts),
+    "lstm": lambda units, **dropouts: layers.LSTM(units, **dropouts),
+    "gru": lambda units, **dropouts: layers.GRU(units, **dropouts),
+    "reversed_lstm": lambda units, **dropouts: layers.LSTM(units, go_backwards=True, **dropouts),
+    "bidirectional_lstm": lambda units, **dropouts: layers.Bidirectional(
+        layers.LSTM(units, **dropouts)),
+}
+
+flags.DEFINE_enum("model", "lstm", list(RECURRENT), "Which recurrent layer reads the review.")
+flags.DEFINE_string("data_path", None, "A local aclImdb_v1.tar.gz (or Keras's imdb.npz); "
+                    "default: download the canonical archive.")
+flags.DEFINE_integer("max_features", 10000, "Vocabulary: ids < max_features are kept, "
+                     "rarer words become the out-of-vocabulary id 2 (Keras's num_words).")
+flags.DEFINE_integer("maxlen", 500, "Reviews are cut (at the front) or padded to this length.")
+flags.DEFINE_integer("embedding_dim", 32, "Size of the word vectors.")
+flags.DEFINE_integer("units", 32, "Units of the recurrent layer (per direction).")
+flags.DEFINE_float("dropout", 0.0, "Dropout on the recurrent layer's inputs.")
+flags.DEFINE_float("recurrent_dropout", 0.0, "Dropout on its recurrent state (Gal & Ghahramani).")
+flags.DEFINE_bool("mask_zero", False, "Mask the padding (id 0) so the recurrent layer skips it; "
+                  "the lecture does not.")
+FLAGS = train.define_flags(epochs=10, batch_size=128, validation_split=0.2,
+                           optimizer="rmsprop", learning_rate=1e-3)
+
+
+def build_model(name: str, *, max_features: int, embedding_dim: int, units: int,
+                dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                mask_zero: bool = False) -> layers.Sequential:
+  """ids <int32>[batch, time] -> logits <float32>[batch, 1]."""
+  return layers.Sequential([
+      layers.Embedding(max_features, embedding_dim, mask_zero=mask_zero),
+      RECURRENT[name](units, dropout=dropout, recurrent_dropout=recurrent_dropout),
+      layers.Dense(1),
+  ])
+
+
+def _check_flags():
+  def need(ok, name, what):
+    if not ok:
+      raise errors.UserError(f"--{name} must be {what}, got {FLAGS[name].value!r}")
+  need(FLAGS.max_features >= 4, "max_features", "at least 4 (ids 0-2 are padding, start, OOV)")
+  for name in ("maxlen", "embedding_dim", "units"):
+    need(FLAGS[name].value >= 1, name, "a positive integer")
+  for name in ("dropout", "recurrent_dropout"):
+    need(0.0 <= FLAGS[name].value < 1.0, name, "in [0, 1)")
+
+
+def main(argv):
+  del argv
+  _check_flags()
+  options = train.TrainOptions.from_flags(FLAGS, experiment="imdb_sentiment",
+                                          model_name=FLAGS.model)
+  data = imdb.load(FLAGS.data_path, num_words=FLAGS.max_features, maxlen=FLAGS.maxlen)
+  batches = imdb.batches(data, batch_size=FLAGS.batch_size,
+                         validation_split=FLAGS.validation_split)
+  model = build_model(FLAGS.model, max_features=FLAGS.max_features,
+                      embedding_dim=FLAGS.embedding_dim, units=FLAGS.units,
+                      dropout=FLAGS.dropout, recurrent_dropout=FLAGS.recurrent_dropout,
+                      mask_zero=FLAGS.mask_zero)
+  print(f"IMDB: {len(batches.x_train)} reviews for training ({batches.steps_per_epoch} "
+        f"batches), {len(batches.x_val)} for validation, {len(data.x_test)} for testing; "
+        f"model {FLAGS.model}", flush=True)
+  train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=options,
+            extra_results={"data": {"source": FLAGS.data_path or imdb.ACLIMDB_URL,
+                                    "train_reviews": len(data.x_train),
+                                    "test_reviews": len(data.x_test),
+                                    "vocabulary": len(data.words)}})
+
+
+if __name__ == "__main__":
+  errors.run(main)
