@@ -1,0 +1,311 @@
+"""Temperature forecasting (the lecture's Jena climate series, or any evenly spaced CSV).
+
+  python -m experiments.jena_forecast --model=naive,gru          # Jena, the lecture's settings
+  python -m experiments.jena_forecast --model=gru \
+      --data_path=PRSA_Data_Aotizhongxin_20130301-20170228.csv --target=TEMP \
+      --time_columns=year,month,day,hour --exclude=No --fill_missing=interpolate \
+      --target_unit=degC --lookback=240 --step=1 --delay=24 \
+      --train_fraction=0.5 --val_fraction=0.25 --epochs=10 --steps_per_epoch=200
+
+Every model predicts the target `--delay` rows after a window of `--lookback` rows
+sampled every `--step` rows (windows: rnn_jax.data.windows), from every column normalized
+with the training rows' mean and std. The defaults are the lecture's: MAE loss, RMSprop,
+batches of 128, 500 steps per epoch, 20 epochs (40 with dropout or two layers); `naive`
+is the common-sense baseline (tomorrow's temperature is the last one seen), evaluated,
+not trained. Each model writes <workdir>/<model>/ (results.json, checkpoints, history.png,
+predictions.png); <workdir> also gets the target's plots (whole series, first 10 days).
+Summarize with `python -m experiments.summarize --workdir=<workdir>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from absl import flags
+
+from rnn_jax import errors, layers, plots_forecast, train
+from rnn_jax.data import jena, timeseries, windows
+
+L = layers
+
+
+def _gru(units, dropout, recurrent_dropout):
+  return L.Sequential([L.GRU(units, dropout=dropout, recurrent_dropout=recurrent_dropout),
+                       L.Dense(1)])
+
+
+def _stacked_gru(units, dropout, recurrent_dropout):
+  return L.Sequential([
+      L.GRU(units, dropout=dropout, recurrent_dropout=recurrent_dropout,
+            return_sequences=True),
+      L.GRU(2 * units, activation="relu", dropout=dropout, recurrent_dropout=recurrent_dropout),
+      L.Dense(1)])
+
+
+def _bidirectional_gru(units, dropout, recurrent_dropout):
+  return L.Sequential([
+      L.Bidirectional(L.GRU(units, dropout=dropout, recurrent_dropout=recurrent_dropout)),
+      L.Dense(1)])
+
+
+def _lstm(units, dropout, recurrent_dropout):
+  return L.Sequential([L.LSTM(units, dropout=dropout, recurrent_dropout=recurrent_dropout),
+                       L.Dense(1)])
+
+
+def _mlp(units, dropout, recurrent_dropout):
+  del dropout, recurrent_dropout
+  return L.Sequential([L.Flatten(), L.Dense(units, activation="relu"), L.Dense(1)])
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A model of the lecture: build(units, dropout, recurrent_dropout), and its defaults."""
+  build: Optional[Callable]  # None: the naive baseline, which is not trained
+  epochs: int = 20
+  dropout: float = 0.0
+  recurrent_dropout: float = 0.0
+  reverse: bool = False      # read the windows backwards in time
+
+
+MODELS = {
+    "naive": ModelSpec(None),
+    "mlp": ModelSpec(_mlp),
+    "gru": ModelSpec(_gru),
+    "gru_dropout": ModelSpec(_gru, epochs=40, dropout=0.2, recurrent_dropout=0.2),
+    "stacked_gru": ModelSpec(_stacked_gru, epochs=40, dropout=0.1, recurrent_dropout=0.5),
+    "reversed_gru": ModelSpec(_gru, reverse=True),
+    "bidirectional_gru": ModelSpec(_bidirectional_gru, epochs=40),
+    "lstm": ModelSpec(_lstm),
+}
+LECTURE_STEPS_PER_EPOCH = 500
+
+flags.DEFINE_list("model", ["naive", "gru"], f"Models to run, in order, from {list(MODELS)}.")
+flags.DEFINE_string("data_path", None, "A CSV (or a zip holding one); default: the Jena "
+                    "climate CSV from the cache, downloaded if needed.")
+flags.DEFINE_string("target", jena.TARGET, "The column to forecast.")
+flags.DEFINE_list("features", None, "Input columns (default: every numeric column but "
+                  "--exclude and the time columns); the target is always one.")
+flags.DEFINE_list("exclude", [], "Columns left out of the default features.")
+flags.DEFINE_string("time_column", jena.TIME_COLUMN, "The column of timestamps ('' for none).")
+flags.DEFINE_list("time_columns", None, "Columns that make up the time instead, e.g. "
+                  "year,month,day,hour.")
+flags.DEFINE_string("time_format", None, "strptime format of --time_column (default: Jena's "
+                    "'%d.%m.%Y %H:%M:%S', else ISO 8601).")
+flags.DEFINE_enum("fill_missing", None, list(timeseries.FILL_MODES), "Fill missing cells "
+                  "(default: they are an error).")
+flags.DEFINE_bool("allow_irregular_time", None, "Take rows as evenly spaced even when the "
+                  "timestamps repeat or have gaps (default: only for the canonical Jena CSV).")
+flags.DEFINE_string("target_unit", None, "The target's unit for MAE reports (default: from "
+                    "the column name, e.g. 'T (degC)' -> degC).")
+flags.DEFINE_integer("lookback", jena.LOOKBACK, "Rows of history each window spans.")
+flags.DEFINE_integer("step", jena.STEP, "Sample every this many rows within a window.")
+flags.DEFINE_integer("delay", jena.DELAY, "Forecast the target this many rows after the window.")
+flags.DEFINE_integer("train_end", None, "Row where training data ends (default 200000).")
+flags.DEFINE_integer("val_end", None, "Row where validation data ends (default 300000).")
+flags.DEFINE_float("train_fraction", None, "Training part as a fraction of rows.")
+flags.DEFINE_float("val_fraction", None, "Validation part as a fraction of rows.")
+flags.DEFINE_integer("units", 32, "Units of the first layer (stacked_gru's second has twice).")
+flags.DEFINE_float("dropout", None, "Input dropout of recurrent layers (default: the model's).")
+flags.DEFINE_float("recurrent_dropout", None, "Recurrent dropout (default: the model's).")
+FLAGS = train.define_flags(batch_size=128, optimizer="rmsprop", learning_rate=1e-3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """The data of one run: the series, its normalization and the windows over it."""
+  experiment: str
+  series: timeseries.Series
+  norm: timeseries.Normalization
+  split: timeseries.Split
+  unit: str
+
+  @property
+  def target_std(self) -> float:
+    return float(self.norm.std[self.series.target_index])
+
+  def denormalize(self, values: np.ndarray) -> np.ndarray:
+    t = self.series.target_index
+    return values * self.norm.std[t] + self.norm.mean[t]
+
+  def batches(self, reverse: bool) -> windows.WindowBatches:
+    return windows.WindowBatches.from_split(
+        self.norm(self.series.values), self.series.target_index,
+        train_end=self.split.train_end, val_end=self.split.val_end,
+        lookback=FLAGS.lookback, step=FLAGS.step, delay=FLAGS.delay,
+        batch_size=FLAGS.batch_size,
+        steps_per_epoch=FLAGS.steps_per_epoch or LECTURE_STEPS_PER_EPOCH,
+        val_steps=FLAGS.validation_steps, reverse=reverse, source=self.series.path)
+
+  def rows_in_days(self, days: float, default: int = 1440) -> int:
+    """How many rows span `days` (the lecture's 10 days are 1440 rows of 10 minutes)."""
+    spacing = self.series.spacing
+    if spacing is None or spacing <= np.timedelta64(0):
+      return default
+    return max(1, int(np.timedelta64(int(days * 86400), "s") // spacing))
+
+  def extra_results(self, batches: windows.WindowBatches) -> dict:
+    t = self.series.target_index
+    return {"data": self.series.path, "rows": len(self.series), "target": self.series.target,
+            "target_unit": self.unit, "target_mean": float(self.norm.mean[t]),
+            "target_std": self.target_std, "features": list(self.series.columns),
+            "train_end": self.split.train_end, "val_end": self.split.val_end,
+            "lookback": batches.lookback, "step": batches.step, "delay": batches.delay,
+            "val_steps": batches.val_steps, "test_steps": batches.test_steps}
+
+
+def _unit_of(column: str) -> str:
+  found = re.search(r"\(([^()]+)\)\s*$", column)
+  return found.group(1) if found else re.sub(r"\W+", "_", column).strip("_") or "unit"
+
+
+def load_problem() -> Problem:
+  """Reads and splits the data the flags name; every problem is a one-line UserError."""
+  path = jena.locate(FLAGS.data_path)
+  if FLAGS.time_columns and FLAGS["time_column"].present and FLAGS.time_column:
+    raise errors.UserError("give --time_column or --time_columns, not both")
+  canonical = jena.is_canonical(path)
+  allow_irregular = canonical if FLAGS.allow_irregular_time is None else FLAGS.allow_irregular_time
+  spec = timeseries.CsvSpec(
+      target=FLAGS.target, features=FLAGS.features, exclude=tuple(FLAGS.exclude),
+      time_column=None if FLAGS.time_columns else (FLAGS.time_column or None),
+      time_columns=tuple(FLAGS.time_columns) if FLAGS.time_columns else None,
+      time_format=FLAGS.time_format, fill_missing=FLAGS.fill_missing,
+      allow_irregular_time=allow_irregular)
+  series = timeseries.read_csv(path, spec)
+  split = timeseries.split_rows(
+      len(series), train_end=FLAGS.train_end, val_end=FLAGS.val_end,
+      train_fraction=FLAGS.train_fraction, val_fraction=FLAGS.val_fraction, default=jena.SPLIT)
+  norm = timeseries.Normalization.fit(series.values[:split.train_end])
+  is_jena = canonical or pathlib.Path(path).name.startswith(jena.CSV_NAME)
+  stem = re.sub(r"\W+", "_", pathlib.Path(path).name.split(".")[0])
+  return Problem(experiment="jena_forecast" if is_jena else f"forecast_{stem}",
+                 series=series, norm=norm, split=split,
+                 unit=FLAGS.target_unit or _unit_of(FLAGS.target))
+
+
+def naive_apply(target_index: int) -> Callable:
+  """The common-sense forecast: the window's last value of the target, <float32>[batch, 1]."""
+  return lambda params, x: x[:, -1, target_index:target_index + 1]
+
+
+def evaluate_naive(problem: Problem, batches, options: train.TrainOptions) -> dict:
+  """The naive baseline's val and test MAE, written as a results.json like fit's."""
+  workdir = pathlib.Path(options.workdir)
+  if (workdir / "results.json").exists() and not options.overwrite:
+    raise errors.UserError(f"{workdir} already holds a finished run; pass --overwrite to "
+                           "replace it or choose another --workdir")
+  start = time.time()
+  apply_fn = naive_apply(problem.series.target_index)
+  measure = lambda part: train.evaluate(
+      apply_fn, {}, part, loss="mae", metrics=("mae",),
+      target_unit=(problem.unit, problem.target_std))
+  results = {"experiment": options.experiment, "model": options.model_name,
+             "flags": dict(options.flags), "history": [], "best_epoch": None,
+             "val": measure(batches.val()),
+             "test": measure(batches.test()) if batches.test_steps else None,
+             "seconds": time.time() - start, **problem.extra_results(batches)}
+  train.write_results(workdir, results)
+  print(f"naive: val MAE {results['val']['mae']:.4f} "
+        f"({results['val'][f'mae_{problem.unit}']:.3f} {problem.unit}); wrote {workdir}",
+        flush=True)
+  return results
+
+
+def plot_predictions(problem: Problem, batches, apply_fn, params, path, title: str) -> None:
+  """Predicted against true target over the first validation rows (about 10 days)."""
+  wanted = problem.rows_in_days(10)
+  rows, x = [], []
+  for end_rows, (batch_x, _, weight) in zip(batches.rows("val"), batches.val()):
+    rows.append(end_rows)
+    x.append(batch_x[:len(end_rows)])
+    if sum(map(len, rows)) >= wanted:
+      break
+  rows, x = np.concatenate(rows)[:wanted], np.concatenate(x)[:wanted]
+  target_rows = rows + batches.delay
+  t = problem.series.target_index
+  true = problem.series.values[target_rows, t]
+  last_seen = rows - batches.lookback + (batches.time_steps - 1) * batches.step
+  naive = problem.denormalize(batches.data[last_seen, t])
+  predicted = problem.denormalize(np.asarray(jax.jit(apply_fn)(params, x))[:, 0])
+  times = None if problem.series.times is None else problem.series.times[target_rows]
+  curves = [("model", predicted)]
+  if title != "naive":
+    curves.append(("naive", naive))
+  plots_forecast.predictions(true, curves, times, path, title=title,
+                             label=f"{problem.series.target} ({problem.unit})")
+
+
+def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
+  """The lecture's plots of the target: the whole series and its first 10 days."""
+  values = problem.series.values[:, problem.series.target_index]
+  label = f"{problem.series.target} ({problem.unit})"
+  plots_forecast.series(values, problem.series.times, workdir / "target.png", label=label)
+  plots_forecast.series(values, problem.series.times, workdir / "target_first_10_days.png",
+                        label=label, first=problem.rows_in_days(10))
+
+
+def run_model(problem: Problem, model_name: str, root: pathlib.Path) -> dict:
+  spec = MODELS[model_name]
+  batches = problem.batches(spec.reverse)
+  if not FLAGS["epochs"].present:
+    FLAGS.epochs = spec.epochs  # the model's own default
+  options = train.TrainOptions.from_flags(FLAGS, experiment=problem.experiment,
+                                          model_name=model_name,
+                                          workdir=str(root / model_name))
+  workdir = pathlib.Path(options.workdir)
+  print(f"--- {model_name}: {batches.time_steps} steps x {batches.data.shape[1]} features, "
+        f"{batches.steps_per_epoch} batches/epoch, {batches.val_steps} val, "
+        f"{batches.test_steps} test", flush=True)
+  if spec.build is None:
+    results = evaluate_naive(problem, batches, options)
+    apply_fn, params = naive_apply(problem.series.target_index), {}
+  else:
+    dropout = spec.dropout if FLAGS.dropout is None else FLAGS.dropout
+    recurrent_dropout = (spec.recurrent_dropout if FLAGS.recurrent_dropout is None
+                         else FLAGS.recurrent_dropout)
+    model = spec.build(FLAGS.units, dropout, recurrent_dropout)
+    fitted = train.fit(model, batches, loss="mae", metrics=("mae",), options=options,
+                       target_unit=(problem.unit, problem.target_std),
+                       extra_results=problem.extra_results(batches))
+    results, params = fitted.results, fitted.params
+    apply_fn = lambda p, x: model.apply(p, x, training=False)
+  plot_predictions(problem, batches, apply_fn, params, workdir / "predictions.png",
+                   title=model_name)
+  return results
+
+
+def main(argv):
+  del argv
+  unknown = [m for m in FLAGS.model if m not in MODELS]
+  if unknown or not FLAGS.model:
+    raise errors.UserError(f"--model: unknown {unknown}; choose from {list(MODELS)}")
+  for name in ("units",):
+    if FLAGS[name].value < 1:
+      raise errors.UserError(f"--{name} must be at least 1, got {FLAGS[name].value}")
+  for name in ("dropout", "recurrent_dropout"):
+    value = FLAGS[name].value
+    if value is not None and not 0.0 <= value < 1.0:
+      raise errors.UserError(f"--{name} must be in [0, 1), got {value}")
+  problem = load_problem()
+  root = pathlib.Path(FLAGS.workdir or os.path.join("runs", problem.experiment))
+  root.mkdir(parents=True, exist_ok=True)
+  plot_series(problem, root)
+  summary = []
+  for model_name in FLAGS.model:
+    results = run_model(problem, model_name, root)
+    summary.append((model_name, results["val"]))
+  print(f"\n| model | val MAE | val MAE ({problem.unit}) |\n|---|---|---|")
+  for model_name, val in summary:
+    print(f"| {model_name} | {val['mae']:.4f} | {val[f'mae_{problem.unit}']:.3f} |")
+  print(f"\nwrote {root}; summarize with python -m experiments.summarize --workdir={root}")
+
+
+if __name__ == "__main__":
+  errors.run(main)
