@@ -247,9 +247,18 @@ class Interrupted(UserError):
 
 
 def _kill_point(name: str) -> None:
-  """Tests set RNN_JAX_TEST_KILL_AT=<name> to SIGKILL the process at a named point."""
+  """Fault injection for tests: RNN_JAX_TEST_KILL_AT=<name> sends the process SIGKILL
+  (or RNN_JAX_TEST_KILL_SIGNAL, e.g. INT) at the named point:
+
+    step:<epoch>:<step>    after dispatching that train step (both 1-based)
+    latest:<epoch>:<step>  inside the write of that latest checkpoint, before its commit
+    best:<epoch>           inside the write of that best checkpoint, before its commit
+    epoch:<epoch>          after that epoch's checkpoints
+    results                before writing results.json
+  """
   if os.environ.get("RNN_JAX_TEST_KILL_AT") == name:
-    os.kill(os.getpid(), signal.SIGKILL)
+    signum = getattr(signal, "SIG" + os.environ.get("RNN_JAX_TEST_KILL_SIGNAL", "KILL"))
+    os.kill(os.getpid(), signum)
 
 
 class _StopOnSigint:
