@@ -218,11 +218,12 @@ def evaluate_naive(problem: Problem, batches, options: train.TrainOptions) -> di
   return results
 
 
-def plot_predictions(problem: Problem, batches, apply_fn, params, path, title: str) -> None:
-  """Predicted against true target over the first validation rows (about 10 days)."""
+def plot_predictions(problem: Problem, batches, apply_fn, params, path, title: str,
+                     with_naive: bool = True) -> None:
+  """Predicted (and naive) against true target over the first validation rows (~10 days)."""
   wanted = problem.rows_in_days(10)
   rows, x = [], []
-  for end_rows, (batch_x, _, weight) in zip(batches.rows("val"), batches.val()):
+  for end_rows, (batch_x, _, _) in zip(batches.rows("val"), batches.val()):
     rows.append(end_rows)
     x.append(batch_x[:len(end_rows)])
     if sum(map(len, rows)) >= wanted:
@@ -236,7 +237,7 @@ def plot_predictions(problem: Problem, batches, apply_fn, params, path, title: s
   predicted = problem.denormalize(np.asarray(jax.jit(apply_fn)(params, x))[:, 0])
   times = None if problem.series.times is None else problem.series.times[target_rows]
   curves = [("model", predicted)]
-  if title != "naive":
+  if with_naive:
     curves.append(("naive", naive))
   plots_forecast.predictions(true, curves, times, path, title=title,
                              label=f"{problem.series.target} ({problem.unit})")
@@ -277,7 +278,8 @@ def run_model(problem: Problem, model_name: str, root: pathlib.Path) -> dict:
     results, params = fitted.results, fitted.params
     apply_fn = lambda p, x: model.apply(p, x, training=False)
   plot_predictions(problem, batches, apply_fn, params, workdir / "predictions.png",
-                   title=model_name)
+                   title=f"{model_name}: forecasts {batches.delay} rows ahead, first "
+                         f"validation rows", with_naive=spec.build is not None)
   return results
 
 

@@ -55,7 +55,8 @@ def test_git_blob_id_matches_git_and_fixtures_are_not_canonical(tmp_path):
 
 def test_absent_and_undownloadable_file_says_where_to_put_it(tmp_path, monkeypatch):
   monkeypatch.setattr(jena, "URL", (tmp_path / "nowhere.zip").as_uri())
-  with pytest.raises(UserError, match=f"put it .* at {tmp_path / 'cache' / jena.CSV_NAME}"):
+  with pytest.raises(UserError, match=f"cannot download .*; put {jena.CSV_NAME} or "
+                                      f"{jena.CSV_NAME}.zip in {tmp_path / 'cache'}/"):
     jena.locate(cache_dir=tmp_path / "cache")
   assert not [p for p in (tmp_path / "cache").iterdir()]  # nothing half-written
 

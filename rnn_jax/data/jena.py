@@ -88,8 +88,8 @@ def _extract_verified(zip_path: pathlib.Path, csv_path: pathlib.Path) -> None:
 def _download(cache_dir: pathlib.Path, timeout: float) -> pathlib.Path:
   """Downloads the zip into a temporary file and keeps only its verified CSV."""
   csv_path = cache_dir / CSV_NAME
-  where = (f"download {URL} elsewhere and put it (or the {CSV_NAME} inside) at {csv_path}, "
-           f"or pass --data_path=/path/to/{CSV_NAME}[.zip]")
+  where = (f"put {CSV_NAME} or {CSV_NAME}.zip in {cache_dir}{os.sep}, or pass "
+           f"--data_path=/path/to/{CSV_NAME}[.zip]")
   try:
     cache_dir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -104,8 +104,7 @@ def _download(cache_dir: pathlib.Path, timeout: float) -> pathlib.Path:
             out.write(chunk)
       except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
-        raise UserError(f"{CSV_NAME} is not at {csv_path} and could not be downloaded from "
-                        f"{URL} ({reason}); {where}") from None
+        raise UserError(f"cannot download {URL} ({reason}); {where}") from None
     _extract_verified(pathlib.Path(tmp), csv_path)
   finally:
     if os.path.exists(tmp):

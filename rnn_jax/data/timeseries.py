@@ -156,12 +156,12 @@ def _record_lines(path) -> tuple[list[str], np.ndarray]:
 
 
 def _read_strings(path, header: list[str]) -> pd.DataFrame:
-  """Every cell as a stripped string (pandas' C parser; no type guessing)."""
+  """Every cell as a string, as written (pandas' C parser; no type guessing)."""
   with open_text(path) as f:
     frame = pd.read_csv(f, dtype=str, keep_default_na=False, na_filter=False,
                         index_col=False, skip_blank_lines=True)
   frame.columns = header
-  return frame.apply(lambda column: column.str.strip())
+  return frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,9 +177,11 @@ class _Column:
 
 
 def _parse_column(strings: pd.Series) -> _Column:
-  missing = strings.isin(MISSING_TOKENS).to_numpy()
-  numbers = pd.to_numeric(strings.where(~missing), errors="coerce").to_numpy(np.float64)
-  return _Column(numbers, missing, ~missing & np.isnan(numbers))
+  numbers = pd.to_numeric(strings, errors="coerce").to_numpy(np.float64)  # strips blanks
+  not_number = np.isnan(numbers)  # only these cells need a closer look
+  missing = np.zeros_like(not_number)
+  missing[not_number] = strings[not_number].str.strip().isin(MISSING_TOKENS).to_numpy()
+  return _Column(numbers, missing, not_number & ~missing)
 
 
 def _cells(lines, rows, names) -> str:
@@ -239,7 +241,7 @@ def _parse_times(path, strings: pd.DataFrame, lines, spec: CsvSpec) -> Optional[
     return times.to_numpy("datetime64[ns]")
   if spec.time_column is None:
     return None
-  cells = strings[spec.time_column]
+  cells = strings[spec.time_column].str.strip()
   formats = [spec.time_format] if spec.time_format else [JENA_TIME_FORMAT, "ISO8601"]
   for fmt in formats:
     times = pd.to_datetime(cells, format=fmt, errors="coerce")
