@@ -299,16 +299,19 @@ def read_csv(path, spec: CsvSpec) -> Series:
   if not len(lines):
     raise UserError(f"{path}: no data rows after the header")
 
-  def check_names(names, flag):
+  def check_names(names, flag, hint=""):
     for name in names:
       if name not in header:
-        raise UserError(f"{path} line 1: no column {name!r} (from {flag}); the columns are "
-                        f"{', '.join(header)}")
+        raise UserError(f"{path} line 1: no column {name!r} (from {flag}){hint}; the columns "
+                        f"are {', '.join(header)}")
 
   check_names([spec.target], "--target")
   check_names(spec.exclude, "--exclude")
   time_names = list(spec.time_columns or ([spec.time_column] if spec.time_column else []))
-  check_names(time_names, "--time_columns" if spec.time_columns else "--time_column")
+  if spec.time_columns:
+    check_names(time_names, "--time_columns")
+  else:
+    check_names(time_names, "--time_column", " (--time_column='' reads no times)")
   if spec.target in time_names:
     raise UserError(f"--target={spec.target!r} is a time column")
   if spec.features is not None:
