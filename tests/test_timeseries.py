@@ -90,6 +90,13 @@ def test_bad_files_are_one_line_user_errors(tmp_path, edit, match):
   assert "\n" not in str(e.value)
 
 
+def test_iso_times_with_offsets_are_read_in_utc(tmp_path):
+  path = write(tmp_path, "time,x\n2020-03-29T01:00:00+01:00,1\n2020-03-29T03:00:00+02:00,2\n"
+                         "2020-03-29T04:00:00+02:00,3\n")
+  series = ts.read_csv(path, ts.CsvSpec(target="x", time_column="time"))
+  assert series.spacing == np.timedelta64(1, "h")  # across the change to summer time
+
+
 def test_missing_file_and_uneven_spacing_hint(tmp_path):
   with pytest.raises(UserError, match="nope.csv: no such file"):
     ts.read_csv(tmp_path / "nope.csv", HOURLY)

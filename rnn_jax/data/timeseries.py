@@ -244,9 +244,10 @@ def _parse_times(path, strings: pd.DataFrame, lines, spec: CsvSpec) -> Optional[
   cells = strings[spec.time_column].str.strip()
   formats = [spec.time_format] if spec.time_format else [JENA_TIME_FORMAT, "ISO8601"]
   for fmt in formats:
-    times = pd.to_datetime(cells, format=fmt, errors="coerce")
+    # In UTC, so that offsets (e.g. a change to daylight saving time) keep the spacing.
+    times = pd.to_datetime(cells, format=fmt, errors="coerce", utc=True)
     if not times.isna().any():
-      return times.to_numpy("datetime64[ns]")
+      return times.dt.tz_convert(None).to_numpy("datetime64[ns]")
   first = int(np.nonzero(times.isna().to_numpy())[0][0])
   hint = "" if spec.time_format else " (pass --time_format, a strptime format)"
   in_format = f" in format {spec.time_format!r}" if spec.time_format else ""
