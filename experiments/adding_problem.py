@@ -6,6 +6,8 @@
 Each model trains with the shared `fit` into <workdir>/<model>/; then a markdown table of
 test MSE and a plot of validation MSE per epoch (<workdir>/comparison.png).
 """
+import dataclasses
+import json
 import os
 
 from absl import flags
@@ -20,11 +22,11 @@ MODELS = {
 }
 
 flags.DEFINE_list("models", list(MODELS), f"Models to compare, from {list(MODELS)}.")
-flags.DEFINE_integer("seq_len", 50, "Sequence length T.")
+flags.DEFINE_integer("seq_len", 100, "Sequence length T.")
 flags.DEFINE_integer("units", 32, "Units of each recurrent layer.")
-flags.DEFINE_integer("num_train", 6400, "Training + validation sequences.")
+flags.DEFINE_integer("num_train", 10000, "Training + validation sequences.")
 flags.DEFINE_integer("num_test", 1000, "Test sequences.")
-FLAGS = train.define_flags(epochs=8, batch_size=64, optimizer="adam", learning_rate=1e-2,
+FLAGS = train.define_flags(epochs=20, batch_size=64, optimizer="adam", learning_rate=1e-2,
                            validation_split=0.2)
 
 
@@ -42,10 +44,19 @@ def main(argv):
                         batch_size=FLAGS.batch_size, seed=FLAGS.seed)
   results = {}
   for model_name in FLAGS.models:
-    print(f"--- {model_name}, T={FLAGS.seq_len}", flush=True)
     options = train.TrainOptions.from_flags(FLAGS, experiment="adding_problem",
                                             model_name=model_name,
                                             workdir=os.path.join(workdir, model_name))
+    # --models is the comparison's, not the model's: resuming with other models is fine.
+    options = dataclasses.replace(options, flags={k: v for k, v in options.flags.items()
+                                                  if k != "models"})
+    finished = os.path.join(options.workdir, "results.json")
+    if FLAGS.resume and os.path.exists(finished):
+      print(f"--- {model_name}: finished earlier, reusing {finished}", flush=True)
+      with open(finished) as f:
+        results[model_name] = json.load(f)
+      continue
+    print(f"--- {model_name}, T={FLAGS.seq_len}", flush=True)
     results[model_name] = train.fit(MODELS[model_name](FLAGS.units), data, loss="mse",
                                     options=options).results
 
@@ -53,7 +64,7 @@ def main(argv):
         f"{adding.CONSTANT_PREDICTION_MSE:.3f})\n\n| model | test MSE | best epoch | seconds |\n"
         "|---|---|---|---|")
   for model_name, r in results.items():
-    print(f"| {model_name} | {r['test']['loss']:.4f} | {r['best_epoch']} | {r['seconds']:.0f} |")
+    print(f"| {model_name} | {r['test']['loss']:.2e} | {r['best_epoch']} | {r['seconds']:.0f} |")
   plots.compare({m: [h["val_loss"] for h in r["history"]] for m, r in results.items()},
                 os.path.join(workdir, "comparison.png"), ylabel="Validation MSE",
                 title=f"Adding problem, T={FLAGS.seq_len}",

@@ -19,6 +19,7 @@ of its flags.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import itertools
 import json
 import math
@@ -44,6 +45,8 @@ LOSSES = ("mae", "mse", "bce_logits")
 METRICS = ("accuracy", "mae")
 # Flags that may differ between a run and its resumption.
 _RESUMABLE_FLAGS = ("resume", "overwrite", "epochs", "workdir", "num_devices")
+# Flags of these packages are not the experiment's: not recorded in results.json.
+_LIBRARY_MODULES = ("absl", "orbax", "jax", "jaxlib", "flax", "etils", "keras", "tensorflow")
 
 
 # ----------------------------------------------------------------------------- flags
@@ -116,8 +119,8 @@ class TrainOptions:
     by default it is --workdir, or runs/<experiment>/<model_name>.
     """
     recorded = {f.name: f.value for module, module_flags in
-                flag_values.flags_by_module_dict().items() if not module.startswith("absl")
-                for f in module_flags}
+                flag_values.flags_by_module_dict().items()
+                if module.split(".")[0] not in _LIBRARY_MODULES for f in module_flags}
     values = {name: flag_values[name].value for name in flag_values}
     _check_flags(values)
     return cls(
@@ -292,6 +295,18 @@ def _format_seconds(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _lock(workdir: Path):
+  """An exclusive lock on the workdir for this process's lifetime (freed even by SIGKILL)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  lock_file = open(workdir / ".lock", "w")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    lock_file.close()
+    raise UserError(f"another run is using {workdir} (it holds {workdir / '.lock'})") from None
+  return lock_file
+
+
 def _prepare_workdir(options: TrainOptions) -> Path:
   """Refuses to touch a finished or interrupted run unless --overwrite / --resume."""
   workdir = Path(options.workdir)
@@ -306,11 +321,63 @@ def _prepare_workdir(options: TrainOptions) -> Path:
   elif not options.resume and checkpoints.committed(ckpt_dir / "latest"):
     raise UserError(f"{workdir} holds an unfinished run ({ckpt_dir}); pass --resume to "
                     "continue it or --overwrite to start over")
-  workdir.mkdir(parents=True, exist_ok=True)
   return workdir
 
 
 # ----------------------------------------------------------------------------- fit
+
+def _mesh(num_devices: Optional[int], batch_size: int) -> Mesh:
+  """A 1-D mesh ('data',) over the first `num_devices` local devices (default: all)."""
+  devices = jax.local_devices()
+  num_devices = num_devices or len(devices)
+  if num_devices > len(devices):
+    raise UserError(f"--num_devices={num_devices} but there are only {len(devices)} local devices")
+  if batch_size % num_devices:
+    raise UserError(f"--batch_size={batch_size} is not divisible by --num_devices={num_devices}")
+  return Mesh(np.array(devices[:num_devices]), ("data",))
+
+
+def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
+                     metrics: Sequence[str], mesh: Mesh):
+  """(params, opt_state, totals, epoch_key, x, y, weight) -> (params, opt_state, totals).
+
+  One optimizer step on the weighted mean loss of a batch sharded over 'data'. `totals`
+  accumulates the epoch's weighted sums on the device (so the host never waits for a
+  step), counts the steps (the dropout key is fold_in(epoch_key, step)) and remembers the
+  first step whose loss was not finite. The first three arguments are donated.
+  """
+  replicated, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+
+  def train_step(params, opt_state, totals, epoch_key, x, y, weight):
+    step = totals["steps"]
+
+    def objective(p):
+      pred = model.apply(p, x, training=True, key=jax.random.fold_in(epoch_key, step))
+      mean_loss = (jnp.sum(_per_example(loss, pred, y) * weight)
+                   / jnp.maximum(jnp.sum(weight), 1.0))
+      return mean_loss, pred
+
+    (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    sums = _sums(loss, metrics, pred, y, weight)
+    totals = {k: totals[k] + sums[k] if k in sums else totals[k] for k in totals}
+    totals["steps"] = step + 1
+    totals["first_nonfinite"] = jnp.where(
+        (totals["first_nonfinite"] < 0) & ~jnp.isfinite(value), step, totals["first_nonfinite"])
+    return params, opt_state, totals
+
+  return jax.jit(train_step, donate_argnums=(0, 1, 2),
+                 in_shardings=(replicated,) * 4 + (data,) * 3, out_shardings=(replicated,) * 3)
+
+
+def _save(directory: Path, name: str, state, meta, *, keep: int, kill_point: str) -> None:
+  try:
+    checkpoints.save(directory, name, state, meta, keep=keep,
+                     before_commit=lambda: _kill_point(kill_point))
+  except OSError as e:
+    raise UserError(f"cannot write checkpoint {directory / name}: {e.strerror or e}") from None
+
 
 def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: TrainOptions,
         target_unit: Optional[tuple[str, float]] = None,
@@ -328,74 +395,48 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
     extra_results: added to results.json.
 
   Returns:
-    FitResult(results, params) with the best epoch's (lowest validation loss) params.
+    FitResult(results, params) with the best epoch's (lowest validation loss; training
+    loss without validation data) params.
   """
   _check_names(loss, metrics)
-  metrics = tuple(metrics)
-  workdir = _prepare_workdir(options)
-  ckpt_dir = workdir / "checkpoints"
+  workdir = Path(options.workdir)
+  with _lock(workdir), _StopOnSigint() as sigint:
+    _prepare_workdir(options)
+    return _fit(model, batches, loss, tuple(metrics), options, target_unit,
+                extra_results or {}, workdir, sigint)
 
-  # The data, and how much of it an epoch uses.
+
+def _fit(model, batches, loss, metrics, options, target_unit, extra_results, workdir, sigint):
+  ckpt_dir = workdir / "checkpoints"
   steps_per_epoch = options.steps_per_epoch or batches.steps_per_epoch
   if steps_per_epoch > batches.steps_per_epoch:
     raise UserError(f"--steps_per_epoch={steps_per_epoch} but the data has only "
                     f"{batches.steps_per_epoch} batches per epoch")
-  val_steps = batches.val_steps if options.validation_steps is None else min(
-      options.validation_steps, batches.val_steps)
   if steps_per_epoch < 1:
-    raise UserError("the training data is empty: no batch for an epoch")
+    raise UserError("the training data is empty: not one batch for an epoch")
+  val_steps = min(options.validation_steps or batches.val_steps, batches.val_steps)
 
-  # One device is a mesh of one: batches split over 'data', the rest replicated.
-  devices = jax.local_devices()
-  num_devices = options.num_devices or len(devices)
-  if num_devices > len(devices):
-    raise UserError(f"--num_devices={num_devices} but there are only {len(devices)} local devices")
-  if batches.batch_size % num_devices:
-    raise UserError(f"--batch_size={batches.batch_size} is not divisible by "
-                    f"--num_devices={num_devices}")
-  mesh = Mesh(np.array(devices[:num_devices]), ("data",))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  data_sharding = NamedSharding(mesh, PartitionSpec("data"))
-
+  # One device is a mesh of one: batches split over 'data', everything else replicated.
+  mesh = _mesh(options.num_devices, batches.batch_size)
+  replicated, data_sharding = NamedSharding(mesh, PartitionSpec()), NamedSharding(
+      mesh, PartitionSpec("data"))
   optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)
+  train_step = _make_train_step(model, optimizer, loss, metrics, mesh)
+  eval_step = _make_eval_step(lambda p, x: model.apply(p, x, training=False), loss, metrics, mesh)
+  new_totals = lambda: jax.device_put(_zero_totals(loss, metrics), replicated)
+  copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=replicated)
+
   base_key = jax.random.key(options.seed)
   sample_x, _, _ = next(iter(batches.train(options.seed, 1)))
   params = jax.device_put(model.init(base_key, jnp.asarray(sample_x)), replicated)
   opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
-  new_totals = lambda: jax.device_put(_zero_totals(loss, metrics), replicated)
-  copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=replicated)
+  best_params = copy(params)  # its own buffers: the train step donates `params`
+  totals = new_totals()
 
-  def train_step(params, opt_state, totals, epoch_key, x, y, weight):
-    step = totals["steps"]
-    key = jax.random.fold_in(epoch_key, step)
-
-    def objective(p):
-      pred = model.apply(p, x, training=True, key=key)
-      per_example = _per_example(loss, pred, y)
-      return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0), pred
-
-    (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    sums = _sums(loss, metrics, pred, y, weight)
-    totals = {k: totals[k] + sums[k] if k in sums else totals[k] for k in totals}
-    totals["steps"] = step + 1
-    totals["first_nonfinite"] = jnp.where(
-        (totals["first_nonfinite"] < 0) & ~jnp.isfinite(value), step, totals["first_nonfinite"])
-    return params, opt_state, totals
-
-  train_step = jax.jit(
-      train_step, donate_argnums=(0, 1, 2),
-      in_shardings=(replicated,) * 4 + (data_sharding,) * 3,
-      out_shardings=(replicated,) * 3)
-  eval_step = _make_eval_step(lambda p, x: model.apply(p, x, training=False), loss, metrics, mesh)
-
-  # Where we are: a fresh start, or the latest good checkpoint.
+  # A fresh start, or the latest good checkpoint. `meta` is the checkpoint's JSON part.
   config = {k: v for k, v in options.flags.items() if k not in _RESUMABLE_FLAGS}
   meta = {"epoch": 0, "step": 0, "history": [], "best_epoch": None, "best_loss": None,
           "best_val": None, "seconds": 0.0, "epoch_seconds": 0.0, "config": config}
-  best_params = copy(params)  # its own buffers: the train step donates `params`
-  totals = new_totals()
   if options.resume:
     target = {"params": params, "opt_state": opt_state, "best_params": best_params,
               "totals": totals}
@@ -409,79 +450,71 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
       best_params, totals = state["best_params"], state["totals"]
       print(f"--resume: continuing from checkpoint {ckpt_dir / 'latest' / name}", flush=True)
   history = meta["history"]
-  meta_seconds = meta["seconds"]
+  seconds_before = meta["seconds"]
   session_start = time.time()
 
-  def save_latest(epoch_done: int, step: int):
-    meta.update(epoch=epoch_done, step=step, history=history,
-                seconds=meta_seconds + time.time() - session_start)
+  def save_latest(epoch_done: int, step: int, epoch_seconds: float = 0.0):
+    meta.update(epoch=epoch_done, step=step, history=history, epoch_seconds=epoch_seconds,
+                seconds=seconds_before + time.time() - session_start)
     state = {"params": params, "opt_state": opt_state, "best_params": best_params,
              "totals": totals}
-    checkpoints.save(ckpt_dir / "latest", f"epoch{epoch_done:06d}-step{step:06d}", state, meta,
-                     keep=2, before_commit=lambda: _kill_point(f"latest:{epoch_done}:{step}"))
+    _save(ckpt_dir / "latest", f"epoch{epoch_done:06d}-step{step:06d}", state, meta, keep=2,
+          kill_point=f"latest:{epoch_done}:{step}")
 
   epoch_times = []
-  with _StopOnSigint() as sigint:
-    for epoch in range(meta["epoch"] + 1, options.epochs + 1):
-      # --- train
-      first_step = meta["step"]
-      epoch_start = time.time() - meta["epoch_seconds"]
-      epoch_key = jax.device_put(jax.random.fold_in(base_key, epoch), replicated)
-      train_batches = itertools.islice(batches.train(options.seed, epoch), first_step,
-                                       steps_per_epoch)
-      step = first_step
-      for batch in train_batches:
-        params, opt_state, totals = train_step(params, opt_state, totals, epoch_key,
-                                               *jax.device_put(batch, data_sharding))
-        step += 1
-        _kill_point(f"step:{epoch}:{step}")
-        if sigint.requested and step < steps_per_epoch:
-          meta["epoch_seconds"] = time.time() - epoch_start
-          save_latest(epoch - 1, step)
-          raise Interrupted(_resume_hint(workdir, f"interrupted in epoch {epoch} at step {step}"))
-      if step < steps_per_epoch:
-        raise UserError(f"the training data ended after {step} of {steps_per_epoch} "
-                        f"batches in epoch {epoch}")
-      train_totals = jax.device_get(totals)  # the one wait for the device per epoch
-      train_seconds = time.time() - epoch_start
-      if not math.isfinite(float(train_totals["loss"])):
-        bad_step = int(train_totals["first_nonfinite"]) + 1
-        raise Diverged(_resume_hint(
-            workdir, f"the loss is {float(train_totals['loss'])} in epoch {epoch} (first at step "
-            f"{bad_step} of {steps_per_epoch}); stopped, keeping the checkpoint of epoch "
-            f"{epoch - 1}", resumable=False))
-      row = {"epoch": epoch, **_means(train_totals, ("loss", *metrics))}
+  for epoch in range(meta["epoch"] + 1, options.epochs + 1):
+    # --- train: dispatch the steps; the device runs behind, the host does not wait
+    first_step, step = meta["step"], meta["step"]
+    epoch_start = time.time()
+    epoch_key = jax.device_put(jax.random.fold_in(base_key, epoch), replicated)
+    for batch in itertools.islice(batches.train(options.seed, epoch), first_step,
+                                  steps_per_epoch):
+      params, opt_state, totals = train_step(params, opt_state, totals, epoch_key,
+                                             *jax.device_put(batch, data_sharding))
+      step += 1
+      _kill_point(f"step:{epoch}:{step}")
+      if sigint.requested and step < steps_per_epoch:
+        save_latest(epoch - 1, step, meta["epoch_seconds"] + time.time() - epoch_start)
+        raise Interrupted(_resume_hint(workdir, f"interrupted in epoch {epoch} at step {step}"))
+    if step < steps_per_epoch:
+      raise UserError(f"the training data ended after {step} of {steps_per_epoch} "
+                      f"batches in epoch {epoch}")
+    train_totals = jax.device_get(totals)  # the one wait for the device in an epoch
+    train_seconds = time.time() - epoch_start
+    if not math.isfinite(float(train_totals["loss"])):
+      raise Diverged(
+          f"the loss is {float(train_totals['loss'])} in epoch {epoch} (first at step "
+          f"{int(train_totals['first_nonfinite']) + 1} of {steps_per_epoch}); stopped, keeping "
+          f"the checkpoint of epoch {epoch - 1} in {ckpt_dir}")
+    row = {"epoch": epoch, **_means(train_totals, ("loss", *metrics))}
 
-      # --- validate, keep the best
-      if val_steps:
-        val = _run_eval(eval_step, params, batches.val(), loss, metrics, mesh, val_steps)
-        row.update({f"val_{k}": v for k, v in val.items()})
-      else:
-        val = {k: row[k] for k in ("loss", *metrics)}  # no validation data: judge by training
-      seconds = time.time() - epoch_start
-      row.update(seconds=seconds, steps_per_s=(step - first_step) / max(train_seconds, 1e-9))
-      row = _with_units(row, target_unit)
-      history.append(row)
-      if not math.isfinite(val["loss"]):
-        raise Diverged(_resume_hint(workdir, f"the validation loss is {val['loss']} after epoch "
-                                    f"{epoch}; stopped, keeping the checkpoint of epoch "
-                                    f"{epoch - 1}", resumable=False))
-      if meta["best_loss"] is None or val["loss"] < meta["best_loss"]:
-        best_params = copy(params)
-        meta.update(best_epoch=epoch, best_loss=val["loss"], best_val=_with_units(val, target_unit))
-        checkpoints.save(ckpt_dir / "best", f"epoch{epoch:06d}", {"params": params},
-                         {"epoch": epoch, "val": meta["best_val"]}, keep=1,
-                         before_commit=lambda: _kill_point(f"best:{epoch}"))
-      totals = new_totals()
-      meta.update(step=0, epoch_seconds=0.0)
-      save_latest(epoch, 0)
-      _kill_point(f"epoch:{epoch}")
+    # --- validate, keep the best
+    if val_steps:
+      val = _run_eval(eval_step, params, batches.val(), loss, metrics, mesh, val_steps)
+      row.update({f"val_{k}": v for k, v in val.items()})
+    else:
+      val = {k: row[k] for k in ("loss", *metrics)}  # no validation data: judge by training
+    if not math.isfinite(val["loss"]):
+      raise Diverged(f"the validation loss is {val['loss']} after epoch {epoch}; stopped, "
+                     f"keeping the checkpoint of epoch {epoch - 1} in {ckpt_dir}")
+    seconds = meta["epoch_seconds"] + time.time() - epoch_start
+    row.update(seconds=seconds, steps_per_s=(step - first_step) / max(train_seconds, 1e-9))
+    row = _with_units(row, target_unit)
+    history.append(row)
+    if meta["best_loss"] is None or val["loss"] < meta["best_loss"]:
+      best_params = copy(params)
+      meta.update(best_epoch=epoch, best_loss=val["loss"], best_val=_with_units(val, target_unit))
+      _save(ckpt_dir / "best", f"epoch{epoch:06d}", {"params": best_params},
+            {"epoch": epoch, "val": meta["best_val"]}, keep=1, kill_point=f"best:{epoch}")
+    totals = new_totals()
+    save_latest(epoch, 0)
+    _kill_point(f"epoch:{epoch}")
 
-      epoch_times.append(seconds)
-      eta = (options.epochs - epoch) * sum(epoch_times) / len(epoch_times)
-      print(_progress_line(row, options.epochs, eta), flush=True)
-      if sigint.requested and epoch < options.epochs:
-        raise Interrupted(_resume_hint(workdir, f"interrupted after epoch {epoch}"))
+    epoch_times.append(seconds)
+    eta = (options.epochs - epoch) * sum(epoch_times) / len(epoch_times)
+    print(_progress_line(row, options.epochs, eta), flush=True)
+    if sigint.requested and epoch < options.epochs:
+      raise Interrupted(_resume_hint(workdir, f"interrupted after epoch {epoch}"))
 
   # --- test with the best parameters, write results
   test = None
@@ -496,8 +529,8 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
       "best_epoch": meta["best_epoch"],
       "val": meta["best_val"],
       "test": test,
-      "seconds": meta_seconds + time.time() - session_start,
-      **(extra_results or {}),
+      "seconds": seconds_before + time.time() - session_start,
+      **extra_results,
   }
   plots.history(history, workdir / "history.png", title=options.model_name)
   _kill_point("results")
@@ -514,10 +547,8 @@ def _check_same_config(saved: Mapping, current: Mapping, workdir: Path) -> None:
                       f"{current.get(name)!r}; use the same flags, or --overwrite")
 
 
-def _resume_hint(workdir: Path, what: str, resumable: bool = True) -> str:
-  if resumable:
-    return f"{what}; checkpoint saved, continue with --resume --workdir={workdir}"
-  return what + f" in {workdir / 'checkpoints'}"
+def _resume_hint(workdir: Path, what: str) -> str:
+  return f"{what}; checkpoint saved in {workdir / 'checkpoints'}, run again with --resume to continue"
 
 
 def _format_metrics(values: Optional[Mapping[str, float]]) -> str:

@@ -29,7 +29,8 @@ def test_kills_interrupt_and_corruption_resume_to_the_same_results(tmp_path, uni
   interrupted = runs.run(workdir, "--resume", kill_at="step:3:2", signal="INT")
   assert interrupted.returncode == 2
   error = interrupted.stderr.strip().splitlines()[-1]
-  assert error.startswith("error: interrupted in epoch 3 at step 2") and "--resume" in error
+  assert error.startswith("error: interrupted in epoch 3 at step 2; checkpoint saved")
+  assert error.endswith("run again with --resume to continue")
   # Without --resume the unfinished run is refused.
   refused = runs.run(workdir)
   assert refused.returncode == 2 and "unfinished run" in refused.stderr
