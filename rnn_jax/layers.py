@@ -170,27 +170,38 @@ class Bidirectional:
 
   The backward copy reads the reversed sequence (`go_backwards`); its sequence output is
   flipped back so both align in time. With `return_sequences`, masked steps output zeros
-  (Keras sets `zero_output_for_mask` on both). merge_mode None returns (forward, backward).
+  (Keras sets `zero_output_for_mask` on both; `zero_output_for_mask=False` keeps the
+  previous output instead, as Keras's `unroll=True` loop does). merge_mode None returns
+  (forward, backward). With `return_state` the output is `(merged, *forward_state,
+  *backward_state)` (`(forward, backward, *states)` for merge_mode None), as in Keras.
   """
   layer: RNN
   merge_mode: Optional[str] = "concat"
   backward_layer: Optional[RNN] = None
+  zero_output_for_mask: bool = True
 
   def __post_init__(self):
     if self.merge_mode not in MERGE_MODES:
       raise ValueError(f"Bidirectional merge_mode {self.merge_mode!r} is not one of {MERGE_MODES}")
-    if self.layer.return_state:
-      raise ValueError("Bidirectional does not support return_state")
+    if self.backward_layer is not None and (
+        self.backward_layer.return_sequences != self.layer.return_sequences
+        or self.backward_layer.return_state != self.layer.return_state):
+      raise ValueError("Bidirectional: the backward layer's return_sequences and return_state "
+                       "must equal the forward layer's")
+
+  def _with_output_for_mask(self, layer: RNN) -> RNN:
+    return dataclasses.replace(
+        layer, zero_output_for_mask=layer.return_sequences and self.zero_output_for_mask)
 
   @property
   def forward(self) -> RNN:
-    return dataclasses.replace(self.layer, zero_output_for_mask=self.layer.return_sequences)
+    return self._with_output_for_mask(self.layer)
 
   @property
   def backward(self) -> RNN:
     layer = self.backward_layer or dataclasses.replace(
         self.layer, go_backwards=not self.layer.go_backwards)
-    return dataclasses.replace(layer, zero_output_for_mask=layer.return_sequences)
+    return self._with_output_for_mask(layer)
 
   def init(self, key, input_shape: Shape):
     k_f, k_b = jax.random.split(key)
@@ -208,18 +219,22 @@ class Bidirectional:
       k_f, k_b = jax.random.split(key)
     y_f, _ = self.forward.apply(params["forward"], x, mask, training=training, key=k_f)
     y_b, _ = self.backward.apply(params["backward"], x, mask, training=training, key=k_b)
+    states = ()
+    if self.layer.return_state:
+      (y_f, *states_f), (y_b, *states_b) = y_f, y_b
+      states = (*states_f, *states_b)
     if self.layer.return_sequences:
       y_b = jnp.flip(y_b, axis=1)
     out_mask = mask if self.layer.return_sequences else None
     if self.merge_mode is None:
-      return (y_f, y_b), out_mask
+      return (y_f, y_b, *states), out_mask
     merged = {
         "concat": lambda: jnp.concatenate([y_f, y_b], axis=-1),
         "sum": lambda: y_f + y_b,
         "mul": lambda: y_f * y_b,
         "ave": lambda: (y_f + y_b) / 2,
     }[self.merge_mode]()
-    return merged, out_mask
+    return ((merged, *states) if states else merged), out_mask
 
 
 Layer = Any  # anything with init(key, input_shape) and apply(params, x, mask, *, training, key)
