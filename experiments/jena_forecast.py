@@ -249,7 +249,8 @@ def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
   label = f"{problem.series.target} ({problem.unit})"
   plots_forecast.series(values, problem.series.times, workdir / "target.png", label=label)
   plots_forecast.series(values, problem.series.times, workdir / "target_first_10_days.png",
-                        label=label, first=problem.rows_in_days(10))
+                        label=label, first=problem.rows_in_days(10),
+                        span=f"the first 10 days ({problem.rows_in_days(10)} rows)")
 
 
 def run_model(problem: Problem, model_name: str, root: pathlib.Path) -> dict:

@@ -10,10 +10,11 @@ from rnn_jax.plots import _save_atomic, plt
 
 
 def series(values: np.ndarray, times: Optional[np.ndarray], path: os.PathLike, *,
-           label: str, first: Optional[int] = None) -> None:
+           label: str, first: Optional[int] = None, span: Optional[str] = None) -> None:
   """The lecture's temperature plot: `values` <float>[rows] against time (or the row).
 
-  `first` limits the plot to the first rows (the lecture's first 10 days: 1440 rows).
+  `first` limits the plot to the first rows (the lecture's first 10 days: 1440 rows);
+  `span` names them in the title.
   """
   values = values[:first]
   x = np.arange(len(values)) if times is None else times[:first]
@@ -21,7 +22,7 @@ def series(values: np.ndarray, times: Optional[np.ndarray], path: os.PathLike, *
   ax.plot(x, values, linewidth=0.6 if first is None else 1.0)
   ax.set_xlabel("row" if times is None else "time")
   ax.set_ylabel(label)
-  span = "the whole series" if first is None else f"the first {len(values)} rows"
+  span = span or ("the whole series" if first is None else f"the first {len(values)} rows")
   ax.set_title(f"{label}: {span}")
   fig.autofmt_xdate()
   _save_atomic(fig, path)

@@ -71,9 +71,9 @@ def test_cached_zip_is_used_and_read(tmp_path):
   assert timeseries.read_csv(path, jena.csv_spec()).values.shape == (20, 14)
 
 
-def run(module, *args, cwd=ROOT):
+def run(module, *args, timeout=600):
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                        cwd=cwd, timeout=600)
+                        cwd=ROOT, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,22 @@ def test_a_bad_cell_is_one_line_and_exit_2(tmp_path):
   assert proc.stderr.strip().splitlines()[-1] == (
       f"error: {data} line 8, column 'p (mbar)': not a number: 'oops'")
   assert not (tmp_path / "runs").exists()
+
+
+PRSA = "/work/shared/data/PRSA_Data_Aotizhongxin_20130301-20170228.csv"
+
+
+@pytest.mark.slow
+def test_gru_beats_the_naive_baseline_on_real_hourly_weather(tmp_path):
+  """The issue's acceptance check (about 10 minutes on 2 CPU cores)."""
+  if not os.path.exists(PRSA):
+    pytest.skip(f"needs the real hourly weather file {PRSA}")
+  proc = run("experiments.jena_forecast", "--model=naive,gru", f"--data_path={PRSA}",
+             "--target=TEMP", "--time_columns=year,month,day,hour", "--exclude=No",
+             "--fill_missing=interpolate", "--target_unit=degC", "--lookback=240", "--step=1",
+             "--delay=24", "--train_fraction=0.5", "--val_fraction=0.25", "--epochs=10",
+             "--steps_per_epoch=200", f"--workdir={tmp_path}", timeout=3600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  val = {m: json.loads((tmp_path / m / "results.json").read_text())["val"]["mae"]
+         for m in ("naive", "gru")}
+  assert val["gru"] <= 0.95 * val["naive"], val
