@@ -25,7 +25,6 @@ import contextlib
 import csv
 import dataclasses
 import io
-import os
 import pathlib
 import zipfile
 from typing import Iterator, Optional, Sequence
