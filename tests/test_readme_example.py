@@ -1,0 +1,28 @@
+"""The README's "Reusing the cells in plain JAX" example runs and does what it says."""
+import pathlib
+import re
+
+import numpy as np
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+SECTION = "## Reusing the cells in plain JAX"
+
+
+def _python_block(section_title):
+  text = README.read_text()
+  assert section_title in text, f"README.md has no section {section_title!r}"
+  section = text.split(section_title, 1)[1].split("\n## ", 1)[0]
+  blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+  assert len(blocks) == 1
+  return blocks[0]
+
+
+def test_plain_jax_example_runs(capsys):
+  namespace = {}
+  exec(compile(_python_block(SECTION), str(README), "exec"), namespace)  # pylint: disable=exec-used
+  printed = capsys.readouterr().out
+  assert "{'kernel': (3, 24), 'recurrent_kernel': (8, 24), 'bias': (2, 24)}" in printed
+  assert "loss " in printed
+  after = namespace["loss"](namespace["params"], namespace["xs"], namespace["targets"])
+  assert after < namespace["before"]  # the gradient step helped
+  assert np.all(np.isfinite(np.asarray(after)))
