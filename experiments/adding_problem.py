@@ -39,18 +39,18 @@ def main(argv):
     if FLAGS[name].value < 2:
       raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
   workdir = FLAGS.workdir or os.path.join("runs", "adding_problem")
+  options = {m: train.TrainOptions.from_flags(FLAGS, experiment="adding_problem", model_name=m,
+                                              workdir=os.path.join(workdir, m))
+             for m in FLAGS.models}  # checks the shared flags before anything else
   data = adding.batches(seq_len=FLAGS.seq_len, num_train=FLAGS.num_train,
                         num_test=FLAGS.num_test, validation_split=FLAGS.validation_split,
                         batch_size=FLAGS.batch_size, seed=FLAGS.seed)
   results = {}
-  for model_name in FLAGS.models:
-    options = train.TrainOptions.from_flags(FLAGS, experiment="adding_problem",
-                                            model_name=model_name,
-                                            workdir=os.path.join(workdir, model_name))
+  for model_name, model_options in options.items():
     # --models is the comparison's, not the model's: resuming with other models is fine.
-    options = dataclasses.replace(options, flags={k: v for k, v in options.flags.items()
-                                                  if k != "models"})
-    finished = os.path.join(options.workdir, "results.json")
+    model_options = dataclasses.replace(model_options, flags={
+        k: v for k, v in model_options.flags.items() if k != "models"})
+    finished = os.path.join(model_options.workdir, "results.json")
     if FLAGS.resume and os.path.exists(finished):
       print(f"--- {model_name}: finished earlier, reusing {finished}", flush=True)
       with open(finished) as f:
@@ -58,7 +58,7 @@ def main(argv):
       continue
     print(f"--- {model_name}, T={FLAGS.seq_len}", flush=True)
     results[model_name] = train.fit(MODELS[model_name](FLAGS.units), data, loss="mse",
-                                    options=options).results
+                                    options=model_options).results
 
   print(f"\nAdding problem, T={FLAGS.seq_len} (predicting the mean: MSE "
         f"{adding.CONSTANT_PREDICTION_MSE:.3f})\n\n| model | test MSE | best epoch | seconds |\n"

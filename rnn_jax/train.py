@@ -331,7 +331,7 @@ def _mesh(num_devices: Optional[int], batch_size: int) -> Mesh:
   devices = jax.local_devices()
   num_devices = num_devices or len(devices)
   if num_devices > len(devices):
-    raise UserError(f"--num_devices={num_devices} but there are only {len(devices)} local devices")
+    raise UserError(f"--num_devices={num_devices} but only {len(devices)} local device(s) exist")
   if batch_size % num_devices:
     raise UserError(f"--batch_size={batch_size} is not divisible by --num_devices={num_devices}")
   return Mesh(np.array(devices[:num_devices]), ("data",))
@@ -399,15 +399,6 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
     loss without validation data) params.
   """
   _check_names(loss, metrics)
-  workdir = Path(options.workdir)
-  with _lock(workdir), _StopOnSigint() as sigint:
-    _prepare_workdir(options)
-    return _fit(model, batches, loss, tuple(metrics), options, target_unit,
-                extra_results or {}, workdir, sigint)
-
-
-def _fit(model, batches, loss, metrics, options, target_unit, extra_results, workdir, sigint):
-  ckpt_dir = workdir / "checkpoints"
   steps_per_epoch = options.steps_per_epoch or batches.steps_per_epoch
   if steps_per_epoch > batches.steps_per_epoch:
     raise UserError(f"--steps_per_epoch={steps_per_epoch} but the data has only "
@@ -415,9 +406,18 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   if steps_per_epoch < 1:
     raise UserError("the training data is empty: not one batch for an epoch")
   val_steps = min(options.validation_steps or batches.val_steps, batches.val_steps)
-
   # One device is a mesh of one: batches split over 'data', everything else replicated.
   mesh = _mesh(options.num_devices, batches.batch_size)
+  workdir = Path(options.workdir)
+  with _lock(workdir), _StopOnSigint() as sigint:
+    _prepare_workdir(options)
+    return _fit(model, batches, loss, tuple(metrics), options, target_unit,
+                extra_results or {}, workdir, sigint, mesh, steps_per_epoch, val_steps)
+
+
+def _fit(model, batches, loss, metrics, options, target_unit, extra_results, workdir, sigint,
+         mesh, steps_per_epoch, val_steps):
+  ckpt_dir = workdir / "checkpoints"
   replicated, data_sharding = NamedSharding(mesh, PartitionSpec()), NamedSharding(
       mesh, PartitionSpec("data"))
   optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)

@@ -192,5 +192,5 @@ def test_bad_flag_values_are_named(flag, value, message):
 def test_steps_and_devices_checked_against_the_data(tmp_path):
   with pytest.raises(UserError, match="--steps_per_epoch=99 but the data has only 5"):
     train.fit(MODEL, _data(), loss="mse", options=_options(tmp_path, steps_per_epoch=99))
-  with pytest.raises(UserError, match="--num_devices=64 but there are only"):
+  with pytest.raises(UserError, match=r"--num_devices=64 but only \d+ local device"):
     train.fit(MODEL, _data(), loss="mse", options=_options(tmp_path, num_devices=64))
