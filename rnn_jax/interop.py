@@ -273,6 +273,15 @@ def _torch_weights(module, name: str) -> np.ndarray:
   return getattr(module, name).detach().cpu().numpy().astype(np.float32)
 
 
+def _from_tensor(x):
+  """A torch.Tensor as a numpy array; arrays and tracers pass through."""
+  if type(x).__name__ == "PackedSequence":
+    raise ValueError("from_torch: PackedSequence inputs are not supported; pad the batch")
+  if hasattr(x, "detach"):
+    return x.detach().cpu().numpy()
+  return jnp.asarray(x)
+
+
 def _torch_gates(kind: str, matrix: np.ndarray) -> np.ndarray:
   """Torch's gate blocks (rows) in rnn_jax's order: GRU r, z, n -> z, r, h; others as they are."""
   if kind != "gru":
@@ -324,7 +333,8 @@ def from_torch(module) -> tuple[Callable[..., Any], dict]:
     `(output, h_n)`, or `(output, (h_n, c_n))` for LSTM, with output
     <float32>[batch, time, directions*hidden] (batch_first, else [time, batch, ...]) and
     h_n <float32>[num_layers*directions, batch, hidden]; unbatched inputs
-    <float32>[time, input] work as in torch. `hx` is torch's initial state. Cells return
+    <float32>[time, input] work as in torch. `hx` is torch's initial state. x and hx
+    may be arrays or torch tensors. Cells return
     the next `h` (or `(h, c)`). params: {"l0": ..., "l0_reverse": ..., "l1": ...}, each
     {kernel, recurrent_kernel, bias} in Keras's layout.
   """
@@ -344,8 +354,7 @@ def from_torch(module) -> tuple[Callable[..., Any], dict]:
   params = {n: _torch_params(module, kind, "_" + n, module.bias) for n in names}
 
   @jax.jit
-  def apply_fn(params, x, hx=None):
-    x = jnp.asarray(x)
+  def run(params, x, hx):
     batched = x.ndim == 3
     if not batched:  # torch's unbatched input <float32>[time, input]
       x, hx = x[None], jax.tree_util.tree_map(lambda h: h[:, None], hx)
@@ -370,6 +379,9 @@ def from_torch(module) -> tuple[Callable[..., Any], dict]:
       sequence = jnp.swapaxes(sequence, 0, 1)
     return sequence, state
 
+  def apply_fn(params, x, hx=None):
+    return run(params, _from_tensor(x), jax.tree_util.tree_map(_from_tensor, hx))
+
   return apply_fn, params
 
 
@@ -379,10 +391,12 @@ def _from_torch_cell(module, kind: str):
   hidden_size = module.hidden_size
 
   @jax.jit
-  def apply_fn(params, x, hx=None):
-    x = jnp.asarray(x)
+  def run(params, x, hx):
     carry = cell.initial_carry(x.shape[:-1], hidden_size, x.dtype) if hx is None else hx
     carry, _ = cell.step(params, carry, x)
     return carry
+
+  def apply_fn(params, x, hx=None):
+    return run(params, _from_tensor(x), jax.tree_util.tree_map(_from_tensor, hx))
 
   return apply_fn, params

@@ -71,12 +71,14 @@ def test_module_parity(kind, case):
     _assert_close(apply_fn(params, x, hx), module(torch.from_numpy(x), _to_torch(hx)))
 
 
-def test_relu_rnn_jitted():
+def test_relu_rnn_jitted_on_torch_tensors():
   module = _module("rnn", nonlinearity="relu", num_layers=2, bidirectional=True)
-  x = np.random.default_rng(1).normal(size=(TIME, BATCH, FEATURES)).astype("float32")
+  x = torch.from_numpy(np.random.default_rng(1).normal(size=(TIME, BATCH, FEATURES)).astype("float32"))
+  hx = torch.from_numpy(_initial_state("rnn", 4))
   apply_fn, params = interop.from_torch(module)
   with torch.no_grad():
-    _assert_close(apply_fn(params, x), module(torch.from_numpy(x)))
+    _assert_close(apply_fn(params, x), module(x))
+    _assert_close(apply_fn(params, x, hx), module(x, hx))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
