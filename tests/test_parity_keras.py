@@ -164,7 +164,8 @@ def test_lecture_imdb_model():
 
 
 def test_flatten_dense_dropout_activation_masking():
-  model = _sequence_model(kl.Masking(0.0), kl.SimpleRNN(3, return_sequences=True),
+  model = _sequence_model(kl.Masking(0.0), kl.GaussianNoise(0.1), kl.SpatialDropout1D(0.2),
+                          kl.SimpleRNN(3, return_sequences=True),
                           kl.Activation("relu"), kl.Flatten(), kl.Dropout(0.3),
                           kl.Dense(2, activation="softmax"))
   x = _floats()
