@@ -131,6 +131,25 @@ def test_check_grads_float64(name):
     check_grads(loss, (params, carry, xs), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru_reset_before"])
+def test_check_grads_through_the_unroll(name):
+  """The layers' path: `recurrent.unroll` with a mask, go_backwards and dropout masks."""
+  with jax.enable_x64(True):
+    cell = CELLS[name]()
+    params = _random_params(cell, jax.random.PRNGKey(0), jnp.float64)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (BATCH, 4, INPUT), jnp.float64)
+    mask = jnp.array([[True, False, True, True], [True, True, True, False]])
+
+    @jax.jit
+    def loss(params, xs):
+      ys, carry = recurrent.unroll(cell, params, xs, mask=mask, go_backwards=True,
+                                   return_sequences=True, dropout=0.3, recurrent_dropout=0.3,
+                                   training=True, key=jax.random.PRNGKey(2))
+      return jnp.sum(ys ** 2) + sum(jnp.sum(c) for c in jax.tree_util.tree_leaves(carry))
+
+    check_grads(loss, (params, xs), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+
+
 def test_check_grads_second_order_through_scan():
   with jax.enable_x64(True):
     cell = cells.gru()
