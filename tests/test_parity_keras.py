@@ -88,6 +88,8 @@ RNN_LAYERS = {
     "gru_activations": lambda: kl.GRU(3, activation="leaky_relu", recurrent_activation="relu6"),
     "gru_zero_output_for_mask": lambda: kl.GRU(3, return_sequences=True,
                                                zero_output_for_mask=True),
+    "gru_zero_output_for_mask_unroll": lambda: kl.GRU(3, return_sequences=True, unroll=True,
+                                                      zero_output_for_mask=True),
     # the generic RNN layer around a cell
     "rnn_lstm_cell": lambda: kl.RNN(kl.LSTMCell(3), return_sequences=True),
     "rnn_gru_cell_backwards": lambda: kl.RNN(kl.GRUCell(3, reset_after=False), go_backwards=True),
