@@ -28,7 +28,7 @@ def history(history: Sequence[Mapping[str, float]], path: os.PathLike, title: st
     ax.plot(epochs, [h[name] for h in history], "bo", label=f"Training {name}")
     if history and f"val_{name}" in history[0]:
       ax.plot(epochs, [h[f"val_{name}"] for h in history], "b", label=f"Validation {name}")
-    ax.set_title(f"{title} training and validation {name}".strip().capitalize())
+    ax.set_title(f"Training and validation {name}" + (f" ({title})" if title else ""))
     ax.set_xlabel("Epochs")
     ax.set_ylabel(name.capitalize())
     ax.legend()

@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,10 +39,10 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rnn_jax import checkpoints, optim, plots
+from rnn_jax import metrics as metrics_lib
 from rnn_jax.errors import UserError
 
-LOSSES = ("mae", "mse", "bce_logits")
-METRICS = ("accuracy", "mae")
+LOSSES, METRICS, evaluate = metrics_lib.LOSSES, metrics_lib.METRICS, metrics_lib.evaluate
 # Flags that may differ between a run and its resumption.
 _RESUMABLE_FLAGS = ("resume", "overwrite", "epochs", "workdir", "num_devices")
 # Flags of these packages are not the experiment's: not recorded in results.json.
@@ -132,98 +132,6 @@ class TrainOptions:
         num_devices=values["num_devices"], flags=recorded,
         steps_per_epoch=values["steps_per_epoch"],
         validation_steps=values["validation_steps"])
-
-
-# --------------------------------------------------------------------- losses, metrics
-
-def _per_example(name: str, pred: jax.Array, y: jax.Array) -> jax.Array:
-  """The loss or metric `name` of each example, <float32>[batch] (Keras's mean over the rest)."""
-  if pred.shape != y.shape and pred.size == y.size:
-    pred = pred.reshape(y.shape)  # e.g. Dense(1)'s [batch, 1] against targets [batch]
-  y = y.astype(pred.dtype)
-  values = {
-      "mae": lambda: jnp.abs(pred - y),
-      "mse": lambda: jnp.square(pred - y),
-      "bce_logits": lambda: optax.sigmoid_binary_cross_entropy(pred, y),
-      "accuracy": lambda: ((pred > 0) == (y > 0.5)).astype(jnp.float32),
-  }[name]()
-  return values.reshape(values.shape[0], -1).mean(axis=1)
-
-
-def _sums(loss: str, metrics: Sequence[str], pred, y, weight) -> dict:
-  """Weighted sums over a batch: {"loss", *metrics, "count"}; means come from dividing."""
-  sums = {name: jnp.sum(_per_example(fn, pred, y) * weight)
-          for name, fn in [("loss", loss), *[(m, m) for m in metrics]]}
-  sums["count"] = jnp.sum(weight)
-  return sums
-
-
-def _zero_totals(loss: str, metrics: Sequence[str]) -> dict:
-  totals = {name: jnp.zeros([], jnp.float32) for name in ("loss", *metrics, "count")}
-  totals["steps"] = jnp.zeros([], jnp.int32)          # steps taken in this epoch
-  totals["first_nonfinite"] = -jnp.ones([], jnp.int32)  # first step with a NaN/inf loss
-  return totals
-
-
-def _means(totals: Mapping[str, Any], names: Sequence[str]) -> dict:
-  count = max(float(totals["count"]), 1e-12)
-  return {name: float(totals[name]) / count for name in names}
-
-
-def _with_units(values: dict, target_unit) -> dict:
-  """Adds `<key>_<unit>` = value * scale for every MAE entry (e.g. mae_degC)."""
-  if target_unit is None:
-    return values
-  unit, scale = target_unit
-  out = dict(values)
-  for key, value in values.items():
-    if key == "mae" or key.endswith("_mae"):
-      out[f"{key}_{unit}"] = value * float(scale)
-  return out
-
-
-# ------------------------------------------------------------------------- evaluation
-
-def _make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: Mesh):
-  replicated, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-
-  def eval_step(params, totals, x, y, weight):
-    sums = _sums(loss, metrics, apply_fn(params, x), y, weight)
-    return {k: totals[k] + sums[k] if k in sums else totals[k] for k in totals}
-
-  return jax.jit(eval_step, in_shardings=(replicated, replicated, data, data, data),
-                 out_shardings=replicated, donate_argnums=(1,))
-
-
-def _run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=None) -> dict:
-  data = NamedSharding(mesh, PartitionSpec("data"))
-  totals = jax.device_put(_zero_totals(loss, metrics), NamedSharding(mesh, PartitionSpec()))
-  for batch in itertools.islice(batches, steps):
-    totals = eval_step(params, totals, *jax.device_put(batch, data))
-  return _means(jax.device_get(totals), ("loss", *metrics))
-
-
-def evaluate(apply_fn: Callable, params, batches: Iterable, *, loss: str,
-             metrics: Sequence[str] = (), steps: Optional[int] = None,
-             target_unit=None) -> dict:
-  """Mean loss and metrics of `apply_fn(params, x)` over (x, y, weight) batches.
-
-  Means are over the real rows (weight 1) of all batches, as Keras's `evaluate`. Runs on
-  the first local device. Returns {"loss": ..., **metrics} (+ "mae_<unit>").
-  """
-  _check_names(loss, metrics)
-  mesh = Mesh(np.array(jax.local_devices()[:1]), ("data",))
-  eval_step = _make_eval_step(apply_fn, loss, tuple(metrics), mesh)
-  means = _run_eval(eval_step, params, batches, loss, metrics, mesh, steps)
-  return _with_units(means, target_unit)
-
-
-def _check_names(loss, metrics):
-  if loss not in LOSSES:
-    raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
-  for metric in metrics:
-    if metric not in METRICS:
-      raise ValueError(f"metric {metric!r} is not one of {METRICS}")
 
 
 # ---------------------------------------------------------------------------- results
@@ -346,21 +254,22 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
   step), counts the steps (the dropout key is fold_in(epoch_key, step)) and remembers the
   first step whose loss was not finite. The first three arguments are donated.
   """
-  replicated, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data = NamedSharding(mesh, PartitionSpec("data"))
 
   def train_step(params, opt_state, totals, epoch_key, x, y, weight):
     step = totals["steps"]
 
     def objective(p):
       pred = model.apply(p, x, training=True, key=jax.random.fold_in(epoch_key, step))
-      mean_loss = (jnp.sum(_per_example(loss, pred, y) * weight)
+      mean_loss = (jnp.sum(metrics_lib.per_example(loss, pred, y) * weight)
                    / jnp.maximum(jnp.sum(weight), 1.0))
       return mean_loss, pred
 
     (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    sums = _sums(loss, metrics, pred, y, weight)
+    sums = metrics_lib.sums(loss, metrics, pred, y, weight)
     totals = {k: totals[k] + sums[k] if k in sums else totals[k] for k in totals}
     totals["steps"] = step + 1
     totals["first_nonfinite"] = jnp.where(
@@ -398,7 +307,7 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
     FitResult(results, params) with the best epoch's (lowest validation loss; training
     loss without validation data) params.
   """
-  _check_names(loss, metrics)
+  metrics_lib.check_names(loss, metrics)
   steps_per_epoch = options.steps_per_epoch or batches.steps_per_epoch
   if steps_per_epoch > batches.steps_per_epoch:
     raise UserError(f"--steps_per_epoch={steps_per_epoch} but the data has only "
@@ -422,8 +331,9 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
       mesh, PartitionSpec("data"))
   optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)
   train_step = _make_train_step(model, optimizer, loss, metrics, mesh)
-  eval_step = _make_eval_step(lambda p, x: model.apply(p, x, training=False), loss, metrics, mesh)
-  new_totals = lambda: jax.device_put(_zero_totals(loss, metrics), replicated)
+  eval_step = metrics_lib.make_eval_step(lambda p, x: model.apply(p, x, training=False), loss,
+                                         metrics, mesh)
+  new_totals = lambda: jax.device_put(metrics_lib.zero_totals(loss, metrics), replicated)
   copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=replicated)
 
   base_key = jax.random.key(options.seed)
@@ -486,11 +396,11 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
           f"the loss is {float(train_totals['loss'])} in epoch {epoch} (first at step "
           f"{int(train_totals['first_nonfinite']) + 1} of {steps_per_epoch}); stopped, keeping "
           f"the checkpoint of epoch {epoch - 1} in {ckpt_dir}")
-    row = {"epoch": epoch, **_means(train_totals, ("loss", *metrics))}
+    row = {"epoch": epoch, **metrics_lib.means(train_totals, ("loss", *metrics))}
 
     # --- validate, keep the best
     if val_steps:
-      val = _run_eval(eval_step, params, batches.val(), loss, metrics, mesh, val_steps)
+      val = metrics_lib.run_eval(eval_step, params, batches.val(), loss, metrics, mesh, val_steps)
       row.update({f"val_{k}": v for k, v in val.items()})
     else:
       val = {k: row[k] for k in ("loss", *metrics)}  # no validation data: judge by training
@@ -499,11 +409,12 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
                      f"keeping the checkpoint of epoch {epoch - 1} in {ckpt_dir}")
     seconds = meta["epoch_seconds"] + time.time() - epoch_start
     row.update(seconds=seconds, steps_per_s=(step - first_step) / max(train_seconds, 1e-9))
-    row = _with_units(row, target_unit)
+    row = metrics_lib.with_units(row, target_unit)
     history.append(row)
     if meta["best_loss"] is None or val["loss"] < meta["best_loss"]:
       best_params = copy(params)
-      meta.update(best_epoch=epoch, best_loss=val["loss"], best_val=_with_units(val, target_unit))
+      meta.update(best_epoch=epoch, best_loss=val["loss"],
+                  best_val=metrics_lib.with_units(val, target_unit))
       _save(ckpt_dir / "best", f"epoch{epoch:06d}", {"params": best_params},
             {"epoch": epoch, "val": meta["best_val"]}, keep=1, kill_point=f"best:{epoch}")
     totals = new_totals()
@@ -519,8 +430,9 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   # --- test with the best parameters, write results
   test = None
   if batches.test_steps:
-    test = _with_units(_run_eval(eval_step, best_params, batches.test(), loss, metrics, mesh),
-                       target_unit)
+    test = metrics_lib.with_units(
+        metrics_lib.run_eval(eval_step, best_params, batches.test(), loss, metrics, mesh),
+        target_unit)
   results = {
       "experiment": options.experiment,
       "model": options.model_name,

@@ -2,7 +2,6 @@
 import random
 import signal
 import subprocess
-import time
 
 import pytest
 

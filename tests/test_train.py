@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import layers, optim, train
+from rnn_jax import layers, metrics, optim, train
 from rnn_jax.data.batches import ArrayBatches
 from rnn_jax.errors import UserError
 
@@ -68,11 +68,11 @@ def test_losses_and_metrics_follow_keras():
       "bce_logits": keras.losses.BinaryCrossentropy(from_logits=True, reduction=None),
   }
   for name, keras_loss in keras_losses.items():
-    np.testing.assert_allclose(train._per_example(name, jnp.asarray(pred), jnp.asarray(y)),
+    np.testing.assert_allclose(metrics.per_example(name, jnp.asarray(pred), jnp.asarray(y)),
                                keras_loss(y, pred), rtol=1e-6, atol=1e-7)
   accuracy = keras.metrics.BinaryAccuracy(threshold=0.5)
   accuracy.update_state(y, jax.nn.sigmoid(pred))
-  ours = train._per_example("accuracy", jnp.asarray(pred), jnp.asarray(y[:, 0])).mean()
+  ours = metrics.per_example("accuracy", jnp.asarray(pred), jnp.asarray(y[:, 0])).mean()
   np.testing.assert_allclose(ours, float(accuracy.result()), rtol=1e-6)
 
 

@@ -1,0 +1,112 @@
+"""Losses and metrics as weighted sums, accumulated on the device, and evaluation.
+
+Every loss and metric is computed per example (<float32>[batch], Keras's mean over the
+non-batch axes) and summed with the batch's weights (0 for padding rows); dividing the
+accumulated sums by the accumulated weight gives Keras's epoch means over real examples.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LOSSES = ("mae", "mse", "bce_logits")
+METRICS = ("accuracy", "mae")
+
+
+def per_example(name: str, pred: jax.Array, y: jax.Array) -> jax.Array:
+  """The loss or metric `name` of each example, <float32>[batch] (Keras's mean over the rest)."""
+  if pred.shape != y.shape and pred.size == y.size:
+    pred = pred.reshape(y.shape)  # e.g. Dense(1)'s [batch, 1] against targets [batch]
+  y = y.astype(pred.dtype)
+  values = {
+      "mae": lambda: jnp.abs(pred - y),
+      "mse": lambda: jnp.square(pred - y),
+      "bce_logits": lambda: optax.sigmoid_binary_cross_entropy(pred, y),
+      "accuracy": lambda: ((pred > 0) == (y > 0.5)).astype(jnp.float32),
+  }[name]()
+  return values.reshape(values.shape[0], -1).mean(axis=1)
+
+
+def sums(loss: str, metrics: Sequence[str], pred, y, weight) -> dict:
+  """Weighted sums over a batch: {"loss", *metrics, "count"}; means come from dividing."""
+  out = {name: jnp.sum(per_example(fn, pred, y) * weight)
+         for name, fn in [("loss", loss), *[(m, m) for m in metrics]]}
+  out["count"] = jnp.sum(weight)
+  return out
+
+
+def zero_totals(loss: str, metrics: Sequence[str]) -> dict:
+  """Accumulators for an epoch: the weighted sums, and bookkeeping of the train step."""
+  totals = {name: jnp.zeros([], jnp.float32) for name in ("loss", *metrics, "count")}
+  totals["steps"] = jnp.zeros([], jnp.int32)          # steps taken in this epoch
+  totals["first_nonfinite"] = -jnp.ones([], jnp.int32)  # first step with a NaN/inf loss
+  return totals
+
+
+def means(totals: Mapping[str, Any], names: Sequence[str]) -> dict:
+  """Host floats: each accumulated sum divided by the accumulated weight."""
+  count = max(float(totals["count"]), 1e-12)
+  return {name: float(totals[name]) / count for name in names}
+
+
+def with_units(values: dict, target_unit) -> dict:
+  """Adds `<key>_<unit>` = value * scale for every MAE entry (e.g. mae_degC)."""
+  if target_unit is None:
+    return values
+  unit, scale = target_unit
+  out = dict(values)
+  for key, value in values.items():
+    if key == "mae" or key.endswith("_mae"):
+      out[f"{key}_{unit}"] = value * float(scale)
+  return out
+
+
+def make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: Mesh):
+  """(params, totals, x, y, weight) -> totals + the batch's sums; x, y, weight sharded."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data = NamedSharding(mesh, PartitionSpec("data"))
+
+  def eval_step(params, totals, x, y, weight):
+    batch = sums(loss, metrics, apply_fn(params, x), y, weight)
+    return {k: totals[k] + batch[k] if k in batch else totals[k] for k in totals}
+
+  return jax.jit(eval_step, in_shardings=(replicated, replicated, data, data, data),
+                 out_shardings=replicated, donate_argnums=(1,))
+
+
+def run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=None) -> dict:
+  """Means over (the first `steps` of) `batches` with an `eval_step`; one wait at the end."""
+  data = NamedSharding(mesh, PartitionSpec("data"))
+  totals = jax.device_put(zero_totals(loss, metrics), NamedSharding(mesh, PartitionSpec()))
+  for batch in itertools.islice(batches, steps):
+    totals = eval_step(params, totals, *jax.device_put(batch, data))
+  return means(jax.device_get(totals), ("loss", *metrics))
+
+
+def evaluate(apply_fn: Callable, params, batches: Iterable, *, loss: str,
+             metrics: Sequence[str] = (), steps: Optional[int] = None,
+             target_unit=None) -> dict:
+  """Mean loss and metrics of `apply_fn(params, x)` over (x, y, weight) batches.
+
+  Means are over the real rows (weight 1) of all batches, as Keras's `evaluate`. Runs on
+  the first local device. Returns {"loss": ..., **metrics} (+ "mae_<unit>").
+  """
+  check_names(loss, metrics)
+  mesh = Mesh(np.array(jax.local_devices()[:1]), ("data",))
+  eval_step = make_eval_step(apply_fn, loss, tuple(metrics), mesh)
+  values = run_eval(eval_step, params, batches, loss, metrics, mesh, steps)
+  return with_units(values, target_unit)
+
+
+def check_names(loss, metrics):
+  if loss not in LOSSES:
+    raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
+  for metric in metrics:
+    if metric not in METRICS:
+      raise ValueError(f"metric {metric!r} is not one of {METRICS}")
