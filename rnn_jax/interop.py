@@ -1,7 +1,7 @@
 """Runs Keras 3 and PyTorch recurrent models with rnn_jax, weights and all.
 
   apply_fn, params = from_keras(keras_model)    # apply_fn(params, x) == keras_model(x)
-  apply_fn, params = from_torch(torch_module)   # apply_fn(params, x, hx=None) == torch_module(x, hx)
+  apply_fn, params = from_torch(torch_module)   # apply_fn(params, x, hx) == torch_module(x, hx)
 
 Both are inference-only conversions onto rnn_jax's own cells, layers and unroll: the
 parameters are plain dicts of arrays (Keras's names), `apply_fn` is jitted. Each
@@ -136,8 +136,8 @@ def _keras_bidirectional(layer):
 def _keras_dense(layer):
   config = layer.get_config()
   _check_common(layer)
-  dense = layers.Dense(config["units"], _keras_activation(layer, "activation", config["activation"]),
-                       config["use_bias"])
+  activation = _keras_activation(layer, "activation", config["activation"])
+  dense = layers.Dense(config["units"], activation, config["use_bias"])
   params = {"kernel": _weights(layer.kernel)}
   if config["use_bias"]:
     params["bias"] = _weights(layer.bias)
@@ -189,7 +189,8 @@ def _keras_identity(layer):
 
 
 def _keras_activation_layer(layer):
-  return [(_Activation(_keras_activation(layer, "activation", layer.get_config()["activation"])), {})]
+  activation = _keras_activation(layer, "activation", layer.get_config()["activation"])
+  return [(_Activation(activation), {})]
 
 
 def _keras_masking(layer):

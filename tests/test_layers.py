@@ -113,7 +113,8 @@ def test_bidirectional_merge_modes(merge_mode):
   backward = backward[:, ::-1]  # aligned in time
   expected = {"concat": lambda: jnp.concatenate([forward, backward], -1),
               "sum": lambda: forward + backward, "mul": lambda: forward * backward,
-              "ave": lambda: (forward + backward) / 2, None: lambda: (forward, backward)}[merge_mode]()
+              "ave": lambda: (forward + backward) / 2,
+              None: lambda: (forward, backward)}[merge_mode]()
   for got, want in zip(jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(expected)):
     np.testing.assert_allclose(got, want, atol=1e-6)
   assert jax.tree_util.tree_leaves(y)[0].shape[1:] == (shape if merge_mode else (TIME, UNITS))

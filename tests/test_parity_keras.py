@@ -67,6 +67,7 @@ RNN_LAYERS = {
     # SimpleRNN
     "simple_rnn": lambda: kl.SimpleRNN(3),
     "simple_rnn_relu_nobias": lambda: kl.SimpleRNN(3, activation="relu", use_bias=False),
+    "simple_rnn_keras_own_activation": lambda: kl.SimpleRNN(3, activation="celu"),
     "simple_rnn_sequences_backwards": lambda: kl.SimpleRNN(3, return_sequences=True,
                                                            go_backwards=True),
     # LSTM

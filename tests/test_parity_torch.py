@@ -73,7 +73,8 @@ def test_module_parity(kind, case):
 
 def test_relu_rnn_jitted_on_torch_tensors():
   module = _module("rnn", nonlinearity="relu", num_layers=2, bidirectional=True)
-  x = torch.from_numpy(np.random.default_rng(1).normal(size=(TIME, BATCH, FEATURES)).astype("float32"))
+  x = np.random.default_rng(1).normal(size=(TIME, BATCH, FEATURES)).astype("float32")
+  x = torch.from_numpy(x)
   hx = torch.from_numpy(_initial_state("rnn", 4))
   apply_fn, params = interop.from_torch(module)
   with torch.no_grad():
