@@ -1,0 +1,44 @@
+"""benchmarks.run: its report, its lecture generator, its flag errors (no timing here)."""
+import subprocess
+import sys
+
+import numpy as np
+
+from benchmarks import run, tasks
+
+
+def test_lecture_generator_matches_rnn_jax_windows():
+  # The transcription of the lecture's generator and rnn_jax's sampler cut the same
+  # windows: so the sampler benchmark compares like with like.
+  data = np.random.default_rng(0).standard_normal((400, 3)).astype(np.float32)
+  from rnn_jax.data import windows
+  generator = run.lecture_generator(data, lookback=24, delay=6, min_index=0, max_index=300,
+                                    batch_size=8, step=4)
+  samples, targets = next(generator)
+  rows = np.arange(24, 32)  # the ordered generator's first batch
+  x, y = windows.gather(data, rows, lookback=24, step=4, delay=6, target_index=1)
+  np.testing.assert_allclose(samples, x, rtol=1e-6)
+  np.testing.assert_allclose(targets, y[:, 0], rtol=1e-6)
+
+
+def test_markdown_table_divides_by_rnn_jax():
+  results = [
+      {"framework": "rnn_jax", "task": "jena_gru", "median_step_s": 0.010},
+      {"framework": "flax", "task": "jena_gru", "median_step_s": 0.035},
+      {"framework": "torch", "task": "jena_gru", "unsupported": "no"},
+  ]
+  table = run.markdown_table(results, ["jena_gru"], ["rnn_jax", "flax", "torch"])
+  row = table.splitlines()[2]
+  assert "10.0 ms" in row and "35.0 ms (3.50x)" in row and "unsupported" in row
+
+
+def test_flops_of_jena_gru_under_one_gflop():
+  assert 0.5e9 < tasks.flops_per_step(tasks.TASKS["jena_gru"]) < 1e9
+
+
+def test_unknown_task_is_one_line_error():
+  done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tasks=nope"],
+                        capture_output=True, text=True)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+      f"error: --tasks: unknown task 'nope'; known: {', '.join(tasks.TASKS)}"]
