@@ -12,6 +12,8 @@ shared `rnn_jax.train.fit`; the model's Dense(1) gives a logit and the loss is b
 cross-entropy on logits, the same function as sigmoid + BCE. The test accuracy is that of
 the epoch with the lowest validation loss. Results go to runs/imdb_sentiment/<model>/.
 """
+import os
+
 from absl import flags
 
 from rnn_jax import errors, layers, train
@@ -70,6 +72,8 @@ def main(argv):
   _check_flags()
   options = train.TrainOptions.from_flags(FLAGS, experiment="imdb_sentiment",
                                           model_name=FLAGS.model)
+  if os.path.exists(options.workdir) and not os.path.isdir(options.workdir):
+    raise errors.UserError(f"--workdir: {options.workdir} exists and is not a directory")
   data = imdb.load(FLAGS.data_path, num_words=FLAGS.max_features, maxlen=FLAGS.maxlen)
   batches = imdb.batches(data, batch_size=FLAGS.batch_size,
                          validation_split=FLAGS.validation_split)

@@ -19,6 +19,7 @@ Summarize with `python -m experiments.summarize --workdir=<workdir>`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -134,9 +135,14 @@ class Problem:
     t = self.series.target_index
     return values * self.norm.std[t] + self.norm.mean[t]
 
+  @functools.cached_property
+  def normalized(self) -> np.ndarray:
+    """<float32>[rows, features], shared by every model's windows."""
+    return self.norm(self.series.values)
+
   def batches(self, reverse: bool) -> windows.WindowBatches:
     return windows.WindowBatches.from_split(
-        self.norm(self.series.values), self.series.target_index,
+        self.normalized, self.series.target_index,
         train_end=self.split.train_end, val_end=self.split.val_end,
         lookback=FLAGS.lookback, step=FLAGS.step, delay=FLAGS.delay,
         batch_size=FLAGS.batch_size,
@@ -253,14 +259,33 @@ def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
                         span=f"the first 10 days ({problem.rows_in_days(10)} rows)")
 
 
-def run_model(problem: Problem, model_name: str, root: pathlib.Path) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """One model's run, checked before anything is written."""
+  model_name: str
+  batches: windows.WindowBatches
+  options: train.TrainOptions
+
+
+def plan_model(problem: Problem, model_name: str, root: pathlib.Path) -> Plan:
+  """The model's windows and options; a bad size or flag is a UserError here, not mid-run."""
   spec = MODELS[model_name]
   batches = problem.batches(spec.reverse)
+  saved = FLAGS.epochs
   if not FLAGS["epochs"].present:
-    FLAGS.epochs = spec.epochs  # the model's own default
-  options = train.TrainOptions.from_flags(FLAGS, experiment=problem.experiment,
-                                          model_name=model_name,
-                                          workdir=str(root / model_name))
+    FLAGS.epochs = spec.epochs  # the model's own default, recorded in its results.json
+  try:
+    options = train.TrainOptions.from_flags(FLAGS, experiment=problem.experiment,
+                                            model_name=model_name,
+                                            workdir=str(root / model_name))
+  finally:
+    FLAGS.epochs = saved
+  return Plan(model_name, batches, options)
+
+
+def run_model(problem: Problem, plan: Plan) -> dict:
+  model_name, batches, options = plan.model_name, plan.batches, plan.options
+  spec = MODELS[model_name]
   workdir = pathlib.Path(options.workdir)
   print(f"--- {model_name}: {batches.time_steps} steps x {batches.data.shape[1]} features, "
         f"{batches.steps_per_epoch} batches/epoch, {batches.val_steps} val, "
@@ -296,14 +321,21 @@ def main(argv):
     value = FLAGS[name].value
     if value is not None and not 0.0 <= value < 1.0:
       raise errors.UserError(f"--{name} must be in [0, 1), got {value}")
+  if FLAGS.lookback >= 1 and FLAGS.step >= 1 and FLAGS.lookback % FLAGS.step:
+    raise errors.UserError(f"--step={FLAGS.step} does not divide --lookback={FLAGS.lookback}")
   problem = load_problem()
   root = pathlib.Path(FLAGS.workdir or os.path.join("runs", problem.experiment))
+  # Every model's windows and flags are checked before the workdir is touched.
+  plans = [plan_model(problem, model_name, root) for model_name in FLAGS.model]
+  for path in [root] + [pathlib.Path(plan.options.workdir) for plan in plans]:
+    if path.exists() and not path.is_dir():
+      raise errors.UserError(f"--workdir: {path} exists and is not a directory")
   root.mkdir(parents=True, exist_ok=True)
-  plot_series(problem, root)
   summary = []
-  for model_name in FLAGS.model:
-    results = run_model(problem, model_name, root)
-    summary.append((model_name, results["val"]))
+  for plan in plans:
+    results = run_model(problem, plan)
+    summary.append((plan.model_name, results["val"]))
+  plot_series(problem, root)
   print(f"\n| model | val MAE | val MAE ({problem.unit}) |\n|---|---|---|")
   for model_name, val in summary:
     print(f"| {model_name} | {val['mae']:.4f} | {val[f'mae_{problem.unit}']:.3f} |")

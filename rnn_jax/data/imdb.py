@@ -181,7 +181,8 @@ def read_archive(path: PathLike) -> dict[tuple[str, str], list[tuple[int, str]]]
   reviews = {(split, label): [] for split in _SPLITS for label in _LABELS}
   member = None
   try:
-    with tarfile.open(path, mode="r|*") as tar:
+    # Not the stream mode "r|*": it takes a gzip cut short for a complete archive.
+    with tarfile.open(path, mode="r:*") as tar:
       for member in tar:
         match = _REVIEW.match(member.name)
         if match is None or not member.isfile():
@@ -194,9 +195,14 @@ def read_archive(path: PathLike) -> dict[tuple[str, str], list[tuple[int, str]]]
           raise UserError(f"{path}: {member.name}: not UTF-8 text ({e.reason} at byte "
                           f"{e.start})") from None
         reviews[split, label].append((int(review_id), text))
+      # Read to the end, so that a compressed archive's length and checksum are checked.
+      while tar.fileobj.read(1 << 20):
+        pass
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
     where = f" after {member.name}" if member is not None else ""
-    raise UserError(f"{path}: truncated or corrupt archive{where} ({e})") from None
+    reason = ("not a tar, tar.gz, tar.bz2 or tar.xz file" if member is None
+              and "could not be opened" in str(e) else " ".join(str(e).split()))
+    raise UserError(f"{path}: truncated or corrupt archive{where} ({reason})") from None
   missing = [f"aclImdb/{split}/{label}/" for (split, label), found in reviews.items() if not found]
   if missing:
     raise UserError(f"{path}: not an aclImdb archive: no reviews under {', '.join(missing)}")
@@ -267,6 +273,8 @@ def read_keras_npz(path: PathLike) -> Ranked:
 
 
 def _check_readable(path: pathlib.Path) -> None:
+  if path.exists() and not path.is_dir() and not path.is_file():
+    raise UserError(f"{path}: not a regular file")  # a fifo would block the read below
   try:
     with open(path, "rb") as f:
       empty = not f.read(1)

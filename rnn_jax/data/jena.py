@@ -121,8 +121,10 @@ def locate(data_path: Optional[str] = None, cache_dir: Optional[os.PathLike] = N
   """
   if data_path:
     path = pathlib.Path(data_path)
-    if not path.is_file():
+    if not path.exists():
       raise UserError(f"--data_path={data_path}: no such file")
+    if not path.is_file():  # a directory, a fifo (which would block), a device
+      raise UserError(f"--data_path={data_path}: not a regular file")
     return path
   cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else download.default_cache_dir()
   for name in (CSV_NAME, CSV_NAME + ".zip"):

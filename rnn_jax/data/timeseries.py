@@ -27,6 +27,7 @@ import dataclasses
 import io
 import pathlib
 import zipfile
+import zlib
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -133,18 +134,27 @@ def _record_lines(path) -> tuple[list[str], np.ndarray]:
   with open_text(path) as f:
     reader = csv.reader(f)
     try:
+      end = 0  # the line the previous record ended on
       for record in reader:
+        start, end = end + 1, reader.line_num
         if not record:
           continue
         if header is None:
           header = record
         elif len(record) != len(header):
-          raise UserError(f"{path} line {reader.line_num}: {len(record)} fields, the header "
-                          f"(line 1) has {len(header)}")
+          where = (f"line {end}" if start == end else
+                   f"lines {start}-{end} (an unclosed quote on line {start}?)")
+          raise UserError(f"{path} {where}: {len(record)} fields, the header (line 1) has "
+                          f"{len(header)}")
         else:
           lines.append(reader.line_num)
-    except (csv.Error, UnicodeDecodeError) as e:
+    except csv.Error as e:
       raise UserError(f"{path} line {reader.line_num}: cannot parse: {e}") from None
+    except UnicodeDecodeError as e:
+      raise UserError(f"{path} line {_first_undecodable_line(path)}: not UTF-8 text "
+                      f"({e.reason}); save the file as UTF-8") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+      raise UserError(f"{path}: truncated or corrupt file ({e})") from None
   if header is None:
     raise UserError(f"{path}: empty file")
   header = [name.strip() for name in header]
@@ -152,6 +162,19 @@ def _record_lines(path) -> tuple[list[str], np.ndarray]:
   if repeated:
     raise UserError(f"{path} line 1: column {repeated[0]!r} appears twice in the header")
   return header, np.asarray(lines, np.int64)
+
+
+def _first_undecodable_line(path) -> int:
+  """The first line of `path` (or its zipped CSV) that is not UTF-8 (text decodes in chunks,
+  so the decoder's position does not tell the line)."""
+  with open_text(path) as f:
+    raw = f.buffer if hasattr(f, "buffer") else f
+    for number, line in enumerate(raw, start=1):
+      try:
+        line.decode("utf-8")
+      except UnicodeDecodeError:
+        return number
+  return 0
 
 
 def _read_strings(path, header: list[str]) -> pd.DataFrame:
@@ -177,7 +200,7 @@ class _Column:
 
 def _parse_column(strings: pd.Series) -> _Column:
   numbers = pd.to_numeric(strings, errors="coerce").to_numpy(np.float64)  # strips blanks
-  not_number = np.isnan(numbers)  # only these cells need a closer look
+  not_number = ~np.isfinite(numbers)  # only these cells need a closer look ('inf' is bad)
   missing = np.zeros_like(not_number)
   missing[not_number] = strings[not_number].str.strip().isin(MISSING_TOKENS).to_numpy()
   return _Column(numbers, missing, not_number & ~missing)
@@ -299,9 +322,12 @@ def read_csv(path, spec: CsvSpec) -> Series:
   if not len(lines):
     raise UserError(f"{path}: no data rows after the header")
 
+  separator = next((s for s in ";\t|" if len(header) == 1 and s in header[0]), None)
   def check_names(names, flag, hint=""):
     for name in names:
       if name not in header:
+        if separator:
+          hint += f" (the file looks {separator!r}-separated; only ',' is read)"
         raise UserError(f"{path} line 1: no column {name!r} (from {flag}){hint}; the columns "
                         f"are {', '.join(header)}")
 
