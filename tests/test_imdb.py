@@ -225,6 +225,7 @@ def _good_bytes(tmp_path):
     ("empty", r"bad\.tar\.gz: empty file"),
     ("truncated", r"bad\.tar\.gz: truncated or corrupt archive"),
     ("garbage", r"bad\.tar\.gz: truncated or corrupt archive"),
+    ("gzip_trailer_cut", r"bad\.tar\.gz: truncated or corrupt archive .*end-of-stream"),
     ("no_test_neg", r"bad\.tar\.gz: not an aclImdb archive: no reviews under aclImdb/test/neg/$"),
     ("not_utf8", r"bad\.tar\.gz: aclImdb/train/pos/7_9\.txt: not UTF-8 text"),
     ("directory", r"bad\.tar\.gz: cannot read"),
@@ -235,6 +236,8 @@ def test_bad_archives_are_one_line_errors(tmp_path, case, message):
     path.write_bytes(b"")
   elif case == "truncated":
     path.write_bytes(_good_bytes(tmp_path)[:-200])
+  elif case == "gzip_trailer_cut":  # all members intact, the gzip CRC/length missing
+    path.write_bytes(_good_bytes(tmp_path)[:-4])
   elif case == "garbage":
     path.write_bytes(np.random.default_rng(0).bytes(3000))
   elif case == "no_test_neg":
