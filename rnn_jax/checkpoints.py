@@ -7,6 +7,11 @@ holding the SHA-256 of every file in it. So a run killed at any moment leaves ei
 committed checkpoint or debris that is ignored and cleaned up, and a checkpoint whose
 files were later truncated or altered is detected by its checksum (or by orbax failing
 to read it) and skipped in favour of the previous good one.
+
+With several processes (rnn_jax.distributed) every process calls `save` and `restore`:
+orbax writes each process's shards and coordinates the commit; process 0 alone removes
+debris, writes the marker and prunes. This assumes a directory every process sees (one
+machine, or a shared file system).
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import orbax.checkpoint as ocp
+
+from rnn_jax import distributed
 
 MARKER = ".sha256"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -85,13 +92,17 @@ def save(directory: os.PathLike, name: str, state: Any, meta: dict, *,
   for tests that kill the process there).
   """
   directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
   path = directory / name
-  _remove(directory / (name + MARKER))
-  _remove(path)  # debris of an interrupted save of the same name
+  if distributed.is_primary():
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove(directory / (name + MARKER))
+    _remove(path)  # debris of an interrupted save of the same name
+  distributed.barrier(f"checkpoint-save-{path}")
   with _quiet():
     _checkpointer().save(path.absolute(), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  if not distributed.is_primary():
+    return path
   if before_commit is not None:
     before_commit()
   write_atomic(directory / (name + MARKER), _checksum(path) + "\n")

@@ -3,6 +3,10 @@
 Every loss and metric is computed per example (<float32>[batch], Keras's mean over the
 non-batch axes) and summed with the batch's weights (0 for padding rows); dividing the
 accumulated sums by the accumulated weight gives Keras's epoch means over real examples.
+
+With `num_seeds` > 1 the parameters and the accumulators carry a leading replica axis
+(independent models trained together, rnn_jax.train); every replica sees the same
+evaluation batches.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rnn_jax import distributed
 
 LOSSES = ("mae", "mse", "bce_logits")
 METRICS = ("accuracy", "mae")
@@ -41,11 +47,13 @@ def sums(loss: str, metrics: Sequence[str], pred, y, weight) -> dict:
   return out
 
 
-def zero_totals(loss: str, metrics: Sequence[str]) -> dict:
-  """Accumulators for an epoch: the weighted sums, and bookkeeping of the train step."""
-  totals = {name: jnp.zeros([], jnp.float32) for name in ("loss", *metrics, "count")}
-  totals["steps"] = jnp.zeros([], jnp.int32)          # steps taken in this epoch
-  totals["first_nonfinite"] = -jnp.ones([], jnp.int32)  # first step with a NaN/inf loss
+def zero_totals(loss: str, metrics: Sequence[str], num_seeds: int = 1) -> dict:
+  """Accumulators for an epoch (host arrays): the weighted sums, and bookkeeping of the
+  train step; <[num_seeds]> each when num_seeds > 1, else scalars."""
+  shape = [num_seeds] if num_seeds > 1 else []
+  totals = {name: np.zeros(shape, np.float32) for name in ("loss", *metrics, "count")}
+  totals["steps"] = np.zeros(shape, np.int32)            # steps taken in this epoch
+  totals["first_nonfinite"] = -np.ones(shape, np.int32)  # first step with a NaN/inf loss
   return totals
 
 
@@ -53,6 +61,14 @@ def means(totals: Mapping[str, Any], names: Sequence[str]) -> dict:
   """Host floats: each accumulated sum divided by the accumulated weight."""
   count = max(float(totals["count"]), 1e-12)
   return {name: float(totals[name]) / count for name in names}
+
+
+def replica_means(totals: Mapping[str, Any], names: Sequence[str], num_seeds: int) -> list:
+  """`means` of each replica: a list of `num_seeds` dicts (of one for unstacked totals)."""
+  if num_seeds == 1:
+    return [means(totals, names)]
+  return [means({k: np.asarray(v)[r] for k, v in totals.items()}, names)
+          for r in range(num_seeds)]
 
 
 def with_units(values: dict, target_unit) -> dict:
@@ -67,8 +83,13 @@ def with_units(values: dict, target_unit) -> dict:
   return out
 
 
-def make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: Mesh):
-  """(params, totals, x, y, weight) -> totals + the batch's sums; x, y, weight sharded."""
+def make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: Mesh,
+                   num_seeds: int = 1):
+  """(params, totals, x, y, weight) -> totals + the batch's sums; x, y, weight sharded.
+
+  With num_seeds > 1, params and totals have a leading replica axis and every replica
+  evaluates the same batch (vmapped inside the one compiled step).
+  """
   replicated = NamedSharding(mesh, PartitionSpec())
   data = NamedSharding(mesh, PartitionSpec("data"))
 
@@ -76,17 +97,26 @@ def make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: 
     batch = sums(loss, metrics, apply_fn(params, x), y, weight)
     return {k: totals[k] + batch[k] if k in batch else totals[k] for k in totals}
 
+  if num_seeds > 1:
+    eval_step = jax.vmap(eval_step, in_axes=(0, 0, None, None, None))
   return jax.jit(eval_step, in_shardings=(replicated, replicated, data, data, data),
                  out_shardings=replicated, donate_argnums=(1,))
 
 
-def run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=None) -> dict:
-  """Means over (the first `steps` of) `batches` with an `eval_step`; one wait at the end."""
+def run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=None,
+             num_seeds: Optional[int] = None):
+  """Means over (the first `steps` of) `batches` with an `eval_step`; one wait at the end.
+
+  Returns a dict, or with `num_seeds` a list of one dict per replica.
+  """
   data = NamedSharding(mesh, PartitionSpec("data"))
-  totals = jax.device_put(zero_totals(loss, metrics), NamedSharding(mesh, PartitionSpec()))
+  totals = distributed.put(zero_totals(loss, metrics, num_seeds or 1),
+                           NamedSharding(mesh, PartitionSpec()))
   for batch in itertools.islice(batches, steps):
-    totals = eval_step(params, totals, *jax.device_put(batch, data))
-  return means(jax.device_get(totals), ("loss", *metrics))
+    totals = eval_step(params, totals, *distributed.put(batch, data))
+  totals = jax.device_get(totals)
+  names = ("loss", *metrics)
+  return means(totals, names) if num_seeds is None else replica_means(totals, names, num_seeds)
 
 
 def evaluate(apply_fn: Callable, params, batches: Iterable, *, loss: str,

@@ -15,9 +15,25 @@ Randomness: the model is initialised with `key(seed)`; the dropout key of step `
 (0-based) of epoch `e` (1-based) is `fold_in(fold_in(key(seed), e), s)`; the batches of
 epoch `e` are `batches.train(seed, e)`. Nothing else is random, so a run is a function
 of its flags.
+
+Many seeds: `--num_seeds=N` trains N independent replicas in one compiled program, replica
+`r` exactly as a run with `--seed=seed+r` (its own initialisation, dropout keys and batch
+order; the same data, validation and test batches). Parameters, optimizer state and
+accumulators get a leading replica axis and the train step is `jax.vmap`ped inside the
+jitted, sharded step (the batch <[N, batch, ...]> is split over 'data' on its second
+axis); with N = 1 nothing is vmapped. results.json then holds every replica's results
+under "replicas", their "mean" and "std" (sample standard deviation, ddof=1), and at the
+top level the mean history, val and test over replicas, with "best_epoch" the list of
+the replicas' best epochs.
+
+Several hosts: --num_processes > 1 joins the processes through `jax.distributed`
+(rnn_jax.distributed) when the options are made from the flags; the mesh then spans the
+devices of every process, each process feeds its own rows of each global batch, and
+process 0 alone takes the workdir's lock and writes results.json and the plots.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import itertools
@@ -38,13 +54,14 @@ import optax
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rnn_jax import checkpoints, optim, plots
+from rnn_jax import checkpoints, distributed, optim, plots
 from rnn_jax import metrics as metrics_lib
 from rnn_jax.errors import UserError
 
 LOSSES, METRICS, evaluate = metrics_lib.LOSSES, metrics_lib.METRICS, metrics_lib.evaluate
 # Flags that may differ between a run and its resumption.
-_RESUMABLE_FLAGS = ("resume", "overwrite", "epochs", "workdir", "num_devices")
+_RESUMABLE_FLAGS = ("resume", "overwrite", "epochs", "workdir", "num_devices",
+                    "coordinator_address", "num_processes", "process_id")
 # Flags of these packages are not the experiment's: not recorded in results.json.
 _LIBRARY_MODULES = ("absl", "orbax", "jax", "jaxlib", "flax", "etils", "keras", "tensorflow")
 
@@ -67,7 +84,14 @@ def define_flags(**defaults) -> flags.FlagValues:
     flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm.")
     flags.DEFINE_bool("resume", False, "Continue from the workdir's latest checkpoint.")
     flags.DEFINE_bool("overwrite", False, "Replace a finished or interrupted run in the workdir.")
-    flags.DEFINE_integer("num_devices", None, "Data-parallel devices (default: all local ones).")
+    flags.DEFINE_integer("num_devices", None, "Data-parallel devices per process (default: "
+                         "all local ones).")
+    flags.DEFINE_integer("num_seeds", 1, "Train this many replicas at once, replica r as "
+                         "--seed=seed+r would (vmapped in one program).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for "
+                        "--num_processes > 1 (jax.distributed).")
+    flags.DEFINE_integer("num_processes", 1, "Processes (hosts) training together.")
+    flags.DEFINE_integer("process_id", 0, "This process's index in [0, --num_processes).")
   for name, value in defaults.items():
     if name not in flags.FLAGS:
       raise ValueError(f"define_flags: no flag named {name!r}")
@@ -85,6 +109,8 @@ def _check_flags(values: Mapping[str, Any]) -> None:
   need(positive_int(values["batch_size"]), "batch_size", "a positive integer")
   for name in ("steps_per_epoch", "validation_steps", "num_devices"):
     need(values[name] is None or positive_int(values[name]), name, "a positive integer")
+  for name in ("num_seeds", "num_processes"):
+    need(positive_int(values.get(name, 1)), name, "a positive integer")
   need(0.0 <= values["validation_split"] < 1.0, "validation_split", "in [0, 1)")
   need(math.isfinite(values["learning_rate"]) and values["learning_rate"] > 0,
        "learning_rate", "positive")
@@ -105,7 +131,8 @@ class TrainOptions:
   clip_norm: Optional[float] = None
   resume: bool = False
   overwrite: bool = False
-  num_devices: Optional[int] = None
+  num_devices: Optional[int] = None  # per process
+  num_seeds: int = 1
   flags: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # recorded in results.json
   steps_per_epoch: Optional[int] = None   # None: the data's own
   validation_steps: Optional[int] = None  # None: the data's own
@@ -116,20 +143,23 @@ class TrainOptions:
     """Options from parsed flags; bad values raise a one-line `UserError`.
 
     `workdir` overrides --workdir (e.g. one subdirectory per model of a comparison);
-    by default it is --workdir, or runs/<experiment>/<model_name>.
+    by default it is --workdir, or runs/<experiment>/<model_name>. With
+    --num_processes > 1 this also joins the other processes (once; before any computation).
     """
     recorded = {f.name: f.value for module, module_flags in
                 flag_values.flags_by_module_dict().items()
                 if module.split(".")[0] not in _LIBRARY_MODULES for f in module_flags}
     values = {name: flag_values[name].value for name in flag_values}
     _check_flags(values)
+    distributed.initialize(values["coordinator_address"], values["num_processes"],
+                           values["process_id"])
     return cls(
         experiment=experiment, model_name=model_name,
         workdir=workdir or values["workdir"] or os.path.join("runs", experiment, model_name),
         seed=values["seed"], epochs=values["epochs"], optimizer=values["optimizer"],
         learning_rate=values["learning_rate"], clip_norm=values["clip_norm"],
         resume=values["resume"], overwrite=values["overwrite"],
-        num_devices=values["num_devices"], flags=recorded,
+        num_devices=values["num_devices"], num_seeds=values["num_seeds"], flags=recorded,
         steps_per_epoch=values["steps_per_epoch"],
         validation_steps=values["validation_steps"])
 
@@ -220,9 +250,10 @@ def _prepare_workdir(options: TrainOptions) -> Path:
   workdir = Path(options.workdir)
   ckpt_dir = workdir / "checkpoints"
   if options.overwrite:
-    for name in ("results.json", "history.png"):
-      (workdir / name).unlink(missing_ok=True)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if distributed.is_primary():
+      for name in ("results.json", "history.png"):
+        (workdir / name).unlink(missing_ok=True)
+      shutil.rmtree(ckpt_dir, ignore_errors=True)
   elif (workdir / "results.json").exists():
     raise UserError(f"{workdir} already holds a finished run ({workdir / 'results.json'}); "
                     "pass --overwrite to replace it or choose another --workdir")
@@ -235,33 +266,40 @@ def _prepare_workdir(options: TrainOptions) -> Path:
 # ----------------------------------------------------------------------------- fit
 
 def _mesh(num_devices: Optional[int], batch_size: int) -> Mesh:
-  """A 1-D mesh ('data',) over the first `num_devices` local devices (default: all)."""
-  devices = jax.local_devices()
-  num_devices = num_devices or len(devices)
-  if num_devices > len(devices):
-    raise UserError(f"--num_devices={num_devices} but only {len(devices)} local device(s) exist")
-  if batch_size % num_devices:
-    raise UserError(f"--batch_size={batch_size} is not divisible by --num_devices={num_devices}")
-  return Mesh(np.array(devices[:num_devices]), ("data",))
+  """A 1-D mesh ('data',) over the first `num_devices` local devices of every process."""
+  devices = distributed.mesh_devices(num_devices)
+  if batch_size % len(devices):
+    where = f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""
+    raise UserError(f"--batch_size={batch_size} is not divisible by the {len(devices)} "
+                    f"devices{where} of --num_devices={num_devices or len(devices)}")
+  return Mesh(np.array(devices), ("data",))
+
+
+def _batch_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
+  """Batches split over 'data' on their batch axis (the second one when stacked per seed)."""
+  return NamedSharding(mesh, PartitionSpec(*([None] if num_seeds > 1 else []), "data"))
 
 
 def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
-                     metrics: Sequence[str], mesh: Mesh):
-  """(params, opt_state, totals, epoch_key, x, y, weight) -> (params, opt_state, totals).
+                     metrics: Sequence[str], mesh: Mesh, num_seeds: int = 1):
+  """(params, opt_state, totals, seed, epoch, x, y, weight) -> (params, opt_state, totals).
 
   One optimizer step on the weighted mean loss of a batch sharded over 'data'. `totals`
   accumulates the epoch's weighted sums on the device (so the host never waits for a
-  step), counts the steps (the dropout key is fold_in(epoch_key, step)) and remembers the
-  first step whose loss was not finite. The first three arguments are donated.
+  step), counts the steps (the dropout key is fold_in(fold_in(key(seed), epoch), step))
+  and remembers the first step whose loss was not finite. The first three arguments are
+  donated. With num_seeds > 1 everything but `epoch` has a leading replica axis and the
+  step is vmapped over it.
   """
   replicated = NamedSharding(mesh, PartitionSpec())
-  data = NamedSharding(mesh, PartitionSpec("data"))
+  data = _batch_sharding(mesh, num_seeds)
 
-  def train_step(params, opt_state, totals, epoch_key, x, y, weight):
+  def train_step(params, opt_state, totals, seed, epoch, x, y, weight):
     step = totals["steps"]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), step)
 
     def objective(p):
-      pred = model.apply(p, x, training=True, key=jax.random.fold_in(epoch_key, step))
+      pred = model.apply(p, x, training=True, key=key)
       mean_loss = (jnp.sum(metrics_lib.per_example(loss, pred, y) * weight)
                    / jnp.maximum(jnp.sum(weight), 1.0))
       return mean_loss, pred
@@ -276,8 +314,28 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
         (totals["first_nonfinite"] < 0) & ~jnp.isfinite(value), step, totals["first_nonfinite"])
     return params, opt_state, totals
 
+  if num_seeds > 1:
+    train_step = jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, 0, 0, 0))
   return jax.jit(train_step, donate_argnums=(0, 1, 2),
-                 in_shardings=(replicated,) * 4 + (data,) * 3, out_shardings=(replicated,) * 3)
+                 in_shardings=(replicated,) * 5 + (data,) * 3, out_shardings=(replicated,) * 3)
+
+
+def _train_batches(batches, seeds: Sequence[int], epoch: int):
+  """The epoch's batches: replica r's from `batches.train(seeds[r], epoch)`, stacked
+  <[num_seeds, batch, ...]> (as they are for a single seed)."""
+  if len(seeds) == 1:
+    return batches.train(seeds[0], epoch)
+  return (tuple(np.stack(parts) for parts in zip(*step))
+          for step in zip(*(batches.train(seed, epoch) for seed in seeds)))
+
+
+def _init_params(model, batches, seeds: Sequence[int]):
+  """Host params: model.init(key(seed), its first batch) per seed (stacked for several)."""
+  inits = []
+  for seed in seeds:
+    sample_x, _, _ = next(iter(batches.train(seed, 1)))
+    inits.append(jax.device_get(model.init(jax.random.key(seed), jnp.asarray(sample_x))))
+  return inits[0] if len(seeds) == 1 else jax.tree.map(lambda *xs: np.stack(xs), *inits)
 
 
 def _save(directory: Path, name: str, state, meta, *, keep: int, kill_point: str) -> None:
@@ -305,7 +363,8 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
 
   Returns:
     FitResult(results, params) with the best epoch's (lowest validation loss; training
-    loss without validation data) params.
+    loss without validation data) params; with num_seeds > 1 stacked over replicas,
+    each replica's from its own best epoch.
   """
   metrics_lib.check_names(loss, metrics)
   steps_per_epoch = options.steps_per_epoch or batches.steps_per_epoch
@@ -318,8 +377,10 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
   # One device is a mesh of one: batches split over 'data', everything else replicated.
   mesh = _mesh(options.num_devices, batches.batch_size)
   workdir = Path(options.workdir)
-  with _lock(workdir), _StopOnSigint() as sigint:
+  lock = _lock(workdir) if distributed.is_primary() else contextlib.nullcontext()
+  with lock, _StopOnSigint() as sigint:
     _prepare_workdir(options)
+    distributed.barrier(f"fit-start-{workdir}")
     return _fit(model, batches, loss, tuple(metrics), options, target_unit,
                 extra_results or {}, workdir, sigint, mesh, steps_per_epoch, val_steps)
 
@@ -327,44 +388,55 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
 def _fit(model, batches, loss, metrics, options, target_unit, extra_results, workdir, sigint,
          mesh, steps_per_epoch, val_steps):
   ckpt_dir = workdir / "checkpoints"
-  replicated, data_sharding = NamedSharding(mesh, PartitionSpec()), NamedSharding(
-      mesh, PartitionSpec("data"))
+  num_seeds = options.num_seeds
+  seeds = [options.seed + r for r in range(num_seeds)]
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data_sharding = _batch_sharding(mesh, num_seeds)
   optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)
-  train_step = _make_train_step(model, optimizer, loss, metrics, mesh)
+  train_step = _make_train_step(model, optimizer, loss, metrics, mesh, num_seeds)
   eval_step = metrics_lib.make_eval_step(lambda p, x: model.apply(p, x, training=False), loss,
-                                         metrics, mesh)
-  new_totals = lambda: jax.device_put(metrics_lib.zero_totals(loss, metrics), replicated)
-  copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=replicated)
+                                         metrics, mesh, num_seeds)
+  new_totals = lambda: distributed.put(metrics_lib.zero_totals(loss, metrics, num_seeds),
+                                       replicated)
+  # Replica r's params if improved[r], else its best ones (one replica: a fresh copy).
+  keep_best = jax.jit(
+      lambda improved, new, old: jax.tree.map(
+          lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+          if num_seeds > 1 else jnp.copy(n), new, old), out_shardings=replicated)
+  seed_values = distributed.put(np.asarray(seeds if num_seeds > 1 else seeds[0], np.int32),
+                                replicated)
 
-  base_key = jax.random.key(options.seed)
-  sample_x, _, _ = next(iter(batches.train(options.seed, 1)))
-  params = jax.device_put(model.init(base_key, jnp.asarray(sample_x)), replicated)
-  opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
-  best_params = copy(params)  # its own buffers: the train step donates `params`
+  params = distributed.put(_init_params(model, batches, seeds), replicated)
+  opt_state = jax.jit(jax.vmap(optimizer.init) if num_seeds > 1 else optimizer.init,
+                      out_shardings=replicated)(params)
+  everyone = distributed.put(np.ones([num_seeds], bool), replicated)
+  best_params = keep_best(everyone, params, params)  # own buffers: the step donates `params`
   totals = new_totals()
 
-  # A fresh start, or the latest good checkpoint. `meta` is the checkpoint's JSON part.
+  # A fresh start, or the latest good checkpoint. `meta` is the checkpoint's JSON part;
+  # meta["replicas"][r] holds replica r's history and best epoch.
   config = {k: v for k, v in options.flags.items() if k not in _RESUMABLE_FLAGS}
-  meta = {"epoch": 0, "step": 0, "history": [], "best_epoch": None, "best_loss": None,
-          "best_val": None, "seconds": 0.0, "epoch_seconds": 0.0, "config": config}
+  meta = {"epoch": 0, "step": 0, "seconds": 0.0, "epoch_seconds": 0.0, "config": config,
+          "replicas": [{"history": [], "best_epoch": None, "best_loss": None, "best_val": None}
+                       for _ in seeds]}
   if options.resume:
     target = {"params": params, "opt_state": opt_state, "best_params": best_params,
               "totals": totals}
     restored = checkpoints.restore(ckpt_dir / "latest", target)
     if restored is None:
-      print(f"--resume: no checkpoint in {ckpt_dir / 'latest'}; starting fresh", flush=True)
+      _print(f"--resume: no checkpoint in {ckpt_dir / 'latest'}; starting fresh")
     else:
       name, state, meta = restored
       _check_same_config(meta["config"], config, workdir)
       params, opt_state = state["params"], state["opt_state"]
       best_params, totals = state["best_params"], state["totals"]
-      print(f"--resume: continuing from checkpoint {ckpt_dir / 'latest' / name}", flush=True)
-  history = meta["history"]
+      _print(f"--resume: continuing from checkpoint {ckpt_dir / 'latest' / name}")
+  replicas = meta["replicas"]
   seconds_before = meta["seconds"]
   session_start = time.time()
 
   def save_latest(epoch_done: int, step: int, epoch_seconds: float = 0.0):
-    meta.update(epoch=epoch_done, step=step, history=history, epoch_seconds=epoch_seconds,
+    meta.update(epoch=epoch_done, step=step, replicas=replicas, epoch_seconds=epoch_seconds,
                 seconds=seconds_before + time.time() - session_start)
     state = {"params": params, "opt_state": opt_state, "best_params": best_params,
              "totals": totals}
@@ -376,11 +448,11 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
     # --- train: dispatch the steps; the device runs behind, the host does not wait
     first_step, step = meta["step"], meta["step"]
     epoch_start = time.time()
-    epoch_key = jax.device_put(jax.random.fold_in(base_key, epoch), replicated)
-    for batch in itertools.islice(batches.train(options.seed, epoch), first_step,
+    epoch_value = distributed.put(np.int32(epoch), replicated)
+    for batch in itertools.islice(_train_batches(batches, seeds, epoch), first_step,
                                   steps_per_epoch):
-      params, opt_state, totals = train_step(params, opt_state, totals, epoch_key,
-                                             *jax.device_put(batch, data_sharding))
+      params, opt_state, totals = train_step(params, opt_state, totals, seed_values,
+                                             epoch_value, *distributed.put(batch, data_sharding))
       step += 1
       _kill_point(f"step:{epoch}:{step}")
       if sigint.requested and step < steps_per_epoch:
@@ -391,65 +463,114 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
                       f"batches in epoch {epoch}")
     train_totals = jax.device_get(totals)  # the one wait for the device in an epoch
     train_seconds = time.time() - epoch_start
-    if not math.isfinite(float(train_totals["loss"])):
-      raise Diverged(
-          f"the loss is {float(train_totals['loss'])} in epoch {epoch} (first at step "
-          f"{int(train_totals['first_nonfinite']) + 1} of {steps_per_epoch}); stopped, keeping "
-          f"the checkpoint of epoch {epoch - 1} in {ckpt_dir}")
-    row = {"epoch": epoch, **metrics_lib.means(train_totals, ("loss", *metrics))}
+    rows = metrics_lib.replica_means(train_totals, ("loss", *metrics), num_seeds)
+    for r, row in enumerate(rows):
+      if not math.isfinite(row["loss"]):
+        first = int(np.reshape(train_totals["first_nonfinite"], [-1])[r]) + 1
+        raise Diverged(
+            f"the loss is {row['loss']}{_of_seed(seeds, r)} in epoch {epoch} (first at step "
+            f"{first} of {steps_per_epoch}); stopped, keeping the checkpoint of epoch "
+            f"{epoch - 1} in {ckpt_dir}")
 
     # --- validate, keep the best
     if val_steps:
-      val = metrics_lib.run_eval(eval_step, params, batches.val(), loss, metrics, mesh, val_steps)
-      row.update({f"val_{k}": v for k, v in val.items()})
-    else:
-      val = {k: row[k] for k in ("loss", *metrics)}  # no validation data: judge by training
-    if not math.isfinite(val["loss"]):
-      raise Diverged(f"the validation loss is {val['loss']} after epoch {epoch}; stopped, "
-                     f"keeping the checkpoint of epoch {epoch - 1} in {ckpt_dir}")
+      vals = metrics_lib.run_eval(eval_step, params, batches.val(), loss, metrics, mesh,
+                                  val_steps, num_seeds=num_seeds)
+      for row, val in zip(rows, vals):
+        row.update({f"val_{k}": v for k, v in val.items()})
+    else:  # no validation data: judge by training
+      vals = [{k: row[k] for k in ("loss", *metrics)} for row in rows]
     seconds = meta["epoch_seconds"] + time.time() - epoch_start
-    row.update(seconds=seconds, steps_per_s=(step - first_step) / max(train_seconds, 1e-9))
-    row = metrics_lib.with_units(row, target_unit)
-    history.append(row)
-    if meta["best_loss"] is None or val["loss"] < meta["best_loss"]:
-      best_params = copy(params)
-      meta.update(best_epoch=epoch, best_loss=val["loss"],
-                  best_val=metrics_lib.with_units(val, target_unit))
+    improved = []
+    for r, (replica, row, val) in enumerate(zip(replicas, rows, vals)):
+      if not math.isfinite(val["loss"]):
+        raise Diverged(f"the validation loss is {val['loss']}{_of_seed(seeds, r)} after "
+                       f"epoch {epoch}; stopped, keeping the checkpoint of epoch {epoch - 1} "
+                       f"in {ckpt_dir}")
+      row.update(seconds=seconds, steps_per_s=(step - first_step) / max(train_seconds, 1e-9))
+      replica["history"].append({"epoch": epoch, **metrics_lib.with_units(row, target_unit)})
+      improved.append(replica["best_loss"] is None or val["loss"] < replica["best_loss"])
+      if improved[-1]:
+        replica.update(best_epoch=epoch, best_loss=val["loss"],
+                       best_val=metrics_lib.with_units(val, target_unit))
+    if any(improved):
+      best_params = keep_best(distributed.put(np.asarray(improved), replicated), params,
+                              best_params)
       _save(ckpt_dir / "best", f"epoch{epoch:06d}", {"params": best_params},
-            {"epoch": epoch, "val": meta["best_val"]}, keep=1, kill_point=f"best:{epoch}")
+            {"epoch": epoch, "best_epochs": [rep["best_epoch"] for rep in replicas],
+             "val": [rep["best_val"] for rep in replicas]}, keep=1, kill_point=f"best:{epoch}")
     totals = new_totals()
     save_latest(epoch, 0)
     _kill_point(f"epoch:{epoch}")
 
     epoch_times.append(seconds)
     eta = (options.epochs - epoch) * sum(epoch_times) / len(epoch_times)
-    print(_progress_line(row, options.epochs, eta), flush=True)
+    _print(_progress_line(_mean_rows([rep["history"][-1] for rep in replicas]),
+                          options.epochs, eta, num_seeds))
     if sigint.requested and epoch < options.epochs:
       raise Interrupted(_resume_hint(workdir, f"interrupted after epoch {epoch}"))
 
   # --- test with the best parameters, write results
-  test = None
+  tests = [None] * num_seeds
   if batches.test_steps:
-    test = metrics_lib.with_units(
-        metrics_lib.run_eval(eval_step, best_params, batches.test(), loss, metrics, mesh),
-        target_unit)
+    tests = [metrics_lib.with_units(test, target_unit) for test in metrics_lib.run_eval(
+        eval_step, best_params, batches.test(), loss, metrics, mesh, num_seeds=num_seeds)]
   results = {
       "experiment": options.experiment,
       "model": options.model_name,
       "flags": dict(options.flags),
-      "history": history,
-      "best_epoch": meta["best_epoch"],
-      "val": meta["best_val"],
-      "test": test,
+      **_replica_results(replicas, tests, seeds),
       "seconds": seconds_before + time.time() - session_start,
       **extra_results,
   }
-  plots.history(history, workdir / "history.png", title=options.model_name)
-  _kill_point("results")
-  write_results(workdir, results)
-  print(f"best epoch {meta['best_epoch']}: val {_format_metrics(meta['best_val'])}"
-        + (f"; test {_format_metrics(test)}" if test else "") + f"; wrote {workdir}", flush=True)
+  if distributed.is_primary():
+    plots.history(results["history"], workdir / "history.png",
+                  title=options.model_name + (f", mean of {num_seeds} seeds"
+                                              if num_seeds > 1 else ""))
+    _kill_point("results")
+    write_results(workdir, results)
+  test = results["test"]
+  _print(f"best epoch {results['best_epoch']}: val {_format_metrics(results['val'])}"
+         + (f"; test {_format_metrics(test)}" if test else "")
+         + (f" (mean of {num_seeds} seeds)" if num_seeds > 1 else "") + f"; wrote {workdir}")
   return FitResult(results, best_params)
+
+
+def _replica_results(replicas: Sequence[dict], tests: Sequence[Optional[dict]],
+                     seeds: Sequence[int]) -> dict:
+  """results.json's history, best_epoch, val and test: the run's own for one seed; for
+  several, the means over replicas, plus "replicas", "mean" and "std"."""
+  each = [{"seed": seed, "history": rep["history"], "best_epoch": rep["best_epoch"],
+           "val": rep["best_val"], "test": test}
+          for seed, rep, test in zip(seeds, replicas, tests)]
+  if len(seeds) == 1:
+    return {k: v for k, v in each[0].items() if k != "seed"}
+  summary = lambda reduce: {
+      "best_epoch": float(reduce([r["best_epoch"] for r in each])),
+      "val": {k: float(reduce([r["val"][k] for r in each])) for k in each[0]["val"]},
+      "test": None if tests[0] is None else {
+          k: float(reduce([r["test"][k] for r in each])) for k in each[0]["test"]}}
+  mean = summary(np.mean)
+  std = summary(lambda values: np.std(values, ddof=1))
+  history = [_mean_rows(rows) for rows in zip(*(r["history"] for r in each))]
+  return {"history": history, "best_epoch": [r["best_epoch"] for r in each],
+          "val": mean["val"], "test": mean["test"], "replicas": each, "mean": mean, "std": std}
+
+
+def _mean_rows(rows: Sequence[Mapping[str, float]]) -> dict:
+  """The mean of each entry of history rows (of one epoch, one per replica)."""
+  return {k: (rows[0][k] if k == "epoch" else float(np.mean([row[k] for row in rows])))
+          for k in rows[0]}
+
+
+def _of_seed(seeds: Sequence[int], r: int) -> str:
+  return f" (replica {r}, seed {seeds[r]})" if len(seeds) > 1 else ""
+
+
+def _print(line: str) -> None:
+  """Progress on stdout, from the primary process only."""
+  if distributed.is_primary():
+    print(line, flush=True)
 
 
 def _check_same_config(saved: Mapping, current: Mapping, workdir: Path) -> None:
@@ -467,8 +588,9 @@ def _format_metrics(values: Optional[Mapping[str, float]]) -> str:
   return " - ".join(f"{k}: {v:.4f}" for k, v in (values or {}).items())
 
 
-def _progress_line(row: Mapping[str, float], epochs: int, eta: float) -> str:
+def _progress_line(row: Mapping[str, float], epochs: int, eta: float,
+                   num_seeds: int = 1) -> str:
   values = {k: v for k, v in row.items() if k not in ("epoch", "seconds", "steps_per_s")}
   return (f"Epoch {row['epoch']}/{epochs} - {row['seconds']:.1f}s - "
           f"{row['steps_per_s']:.1f} steps/s - ETA {_format_seconds(eta)} - "
-          + _format_metrics(values))
+          + _format_metrics(values) + (f" (mean of {num_seeds} seeds)" if num_seeds > 1 else ""))
