@@ -5,6 +5,10 @@
 
 Each model trains with the shared `fit` into <workdir>/<model>/; then a markdown table of
 test MSE and a plot of validation MSE per epoch (<workdir>/comparison.png).
+
+The sequences are drawn from --data_seed (default: --seed). With --num_seeds=N every
+replica trains on the same sequences, those of --data_seed (default: --seed): replica r
+is the run with --seed=seed+r --data_seed=seed.
 """
 import dataclasses
 import json
@@ -26,6 +30,7 @@ flags.DEFINE_integer("seq_len", 100, "Sequence length T.")
 flags.DEFINE_integer("units", 32, "Units of each recurrent layer.")
 flags.DEFINE_integer("num_train", 10000, "Training + validation sequences.")
 flags.DEFINE_integer("num_test", 1000, "Test sequences.")
+flags.DEFINE_integer("data_seed", None, "Seed of the sequences (default: --seed).")
 FLAGS = train.define_flags(epochs=20, batch_size=64, optimizer="adam", learning_rate=1e-2,
                            validation_split=0.2)
 
@@ -44,7 +49,8 @@ def main(argv):
              for m in FLAGS.models}  # checks the shared flags before anything else
   data = adding.batches(seq_len=FLAGS.seq_len, num_train=FLAGS.num_train,
                         num_test=FLAGS.num_test, validation_split=FLAGS.validation_split,
-                        batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+                        batch_size=FLAGS.batch_size,
+                        seed=FLAGS.seed if FLAGS.data_seed is None else FLAGS.data_seed)
   results = {}
   for model_name, model_options in options.items():
     # --models is the comparison's, not the model's: resuming with other models is fine.

@@ -1,0 +1,126 @@
+"""Scale-out: every experiment on 4 forced host devices, and two processes on loopback,
+give the history of one device in one process (within 1e-5 relative, float32)."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import training_runs as runs
+from test_imdb import REVIEWS, make_archive
+from test_jena_forecast import jena_csv
+
+FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+
+
+def _run(module, *flags, **env):
+  return subprocess.run([sys.executable, "-m", module, *flags], cwd=runs.REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env=runs.environment(**env))
+
+
+def _assert_same_history(results, reference, rel=1e-5):
+  assert len(results["history"]) == len(reference["history"]) > 0
+  for row, row_1 in zip(results["history"], reference["history"]):
+    assert row.keys() == row_1.keys()
+    for key in row_1.keys() - set(runs.TIMINGS):
+      assert math.isclose(row[key], row_1[key], rel_tol=rel), (key, row[key], row_1[key])
+  assert results["best_epoch"] == reference["best_epoch"]
+  for part in ("val", "test"):
+    for key, value in reference[part].items():
+      assert math.isclose(results[part][key], value, rel_tol=rel), (part, key)
+
+
+def _imdb_flags(tmp_path):
+  reviews = {key: [f"{text} number {i}" for i in range(8) for text in texts]
+             for key, texts in REVIEWS.items()}
+  archive = make_archive(tmp_path / "aclImdb_v1.tar.gz", reviews)
+  return ["experiments.imdb_sentiment", f"--data_path={archive}", "--model=lstm",
+          "--recurrent_dropout=0.2", "--maxlen=20", "--max_features=30", "--units=4",
+          "--embedding_dim=4", "--batch_size=8", "--epochs=2"], "{workdir}"
+
+
+def _jena_flags(tmp_path):
+  data = jena_csv(tmp_path / "jena_climate_2009_2016.csv")
+  return ["experiments.jena_forecast", "--model=gru_dropout", f"--data_path={data}",
+          "--lookback=12", "--step=2", "--delay=3", "--batch_size=8", "--steps_per_epoch=3",
+          "--validation_steps=2", "--epochs=2", "--units=4", "--train_end=300",
+          "--val_end=450"], "{workdir}/gru_dropout"
+
+
+@pytest.mark.parametrize("flags", [_imdb_flags, _jena_flags], ids=["imdb", "jena"])
+def test_experiment_on_four_devices_equals_one(tmp_path, flags):
+  (module, *args), results_dir = flags(tmp_path)
+  found = {}
+  for name, extra, env in [("one", [], {}), ("four", ["--num_devices=4"], FOUR_DEVICES)]:
+    workdir = tmp_path / name
+    done = _run(module, *args, f"--workdir={workdir}", *extra,
+                RNN_JAX_DATA_CACHE=str(tmp_path / "cache"), **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found[name] = json.loads(
+        (tmp_path / results_dir.format(workdir=workdir) / "results.json").read_text())
+  assert found["four"]["flags"]["num_devices"] == 4
+  _assert_same_history(found["four"], found["one"])
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, *flags):
+  """The tiny adding-problem run as two processes on 127.0.0.1, one CPU device each."""
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen(
+      runs.command(workdir, f"--coordinator_address={address}", "--num_processes=2",
+                   f"--process_id={p}", *flags), cwd=runs.REPO, env=runs.environment(),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(2)]
+  outputs = [proc.communicate(timeout=300) for proc in procs]
+  for proc, (_, stderr) in zip(procs, outputs):
+    assert proc.returncode == 0, stderr[-3000:]
+  return [stdout for stdout, _ in outputs]
+
+
+def test_two_processes_equal_one_and_resume(tmp_path):
+  single = tmp_path / "single"
+  assert runs.run(single).returncode == 0
+  reference = runs.results(single)
+
+  both = tmp_path / "both"
+  stdout = _two_processes(both, "--epochs=2")
+  assert "Epoch 2/3" not in stdout[0] and "Epoch 2/2" in stdout[0]
+  assert "Epoch" not in stdout[1]  # process 0 alone reports and writes
+  (both / "gru" / "results.json").unlink()  # as if killed after epoch 2
+  stdout = _two_processes(both, "--resume")  # both restore orbax's checkpoint, train epoch 3
+  assert "continuing from checkpoint" in stdout[0] and "Epoch 3/3" in stdout[0]
+  results = runs.results(both)
+  assert results["flags"]["num_processes"] == 2
+  _assert_same_history(results, reference)
+  assert not list((both / "gru").glob(".*.tmp-*"))
+
+
+def test_two_processes_with_many_seeds(tmp_path):
+  _two_processes(tmp_path / "both", "--num_seeds=2", "--epochs=2")
+  results = runs.results(tmp_path / "both")
+  for seed, replica in zip((0, 1), results["replicas"]):
+    alone = tmp_path / f"seed{seed}"
+    assert runs.run(alone, f"--seed={seed}", "--data_seed=0", "--epochs=2").returncode == 0
+    _assert_same_history(replica, runs.results(alone))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num_processes=2"], "--num_processes=2 needs --coordinator_address=host:port"),
+    (["--num_processes=2", "--coordinator_address=127.0.0.1:1", "--process_id=2"],
+     r"--process_id must be in \[0, 2\)"),
+    (["--num_processes=0"], "--num_processes must be a positive integer, got 0"),
+])
+def test_bad_process_flags_are_one_line(tmp_path, flags, message):
+  import re
+  done = runs.run(tmp_path, *flags)
+  assert done.returncode == 2
+  assert re.match("error: " + message, done.stderr.strip().splitlines()[-1])
+  assert not (tmp_path / "gru").exists()
