@@ -253,6 +253,7 @@ def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
   """The lecture's plots of the target: the whole series and its first 10 days."""
   values = problem.series.values[:, problem.series.target_index]
   label = f"{problem.series.target} ({problem.unit})"
+  workdir.mkdir(parents=True, exist_ok=True)
   plots_forecast.series(values, problem.series.times, workdir / "target.png", label=label)
   plots_forecast.series(values, problem.series.times, workdir / "target_first_10_days.png",
                         label=label, first=problem.rows_in_days(10),
@@ -330,7 +331,6 @@ def main(argv):
   for path in [root] + [pathlib.Path(plan.options.workdir) for plan in plans]:
     if path.exists() and not path.is_dir():
       raise errors.UserError(f"--workdir: {path} exists and is not a directory")
-  root.mkdir(parents=True, exist_ok=True)
   summary = []
   for plan in plans:
     results = run_model(problem, plan)

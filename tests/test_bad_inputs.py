@@ -41,8 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 _DRIVER = r"""
 import importlib, json, os, signal, sys, tempfile
-name = sys.argv[1]
-cases = json.load(sys.stdin)
+name, cases_path, results_path = sys.argv[1:]
+with open(cases_path) as f:
+  cases = json.load(f)
 module = importlib.import_module(name)
 from rnn_jax import errors
 results = []
@@ -76,7 +77,8 @@ for case in cases:
     results.append({"rc": os.waitstatus_to_exitcode(status),
                     "stderr": err.read().decode(errors="replace"),
                     "stdout": out.read().decode(errors="replace")})
-json.dump(results, sys.stdout)
+with open(results_path, "w") as f:
+  json.dump(results, f)
 """
 _ABSL_LOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
 _UNREACHABLE_PROXY = "http://127.0.0.1:9"  # connection refused at once: no network is tried
@@ -88,8 +90,9 @@ _UNREACHABLE_PROXY = "http://127.0.0.1:9"  # connection refused at once: no netw
 def _write_inputs(d: Path) -> None:
   """Every broken file, next to the good ones they are broken from."""
   times = np.datetime64("2020-01-01T00:00") + np.arange(200).astype("timedelta64[h]")
-  rows = [f"{t},{i % 7},{np.sin(i / 5):.3f},{np.cos(i / 9):.3f}" for i, t in enumerate(times)]
-  header = "time,a,b,T"
+  rows = [f"{t},{i % 7},{np.sin(i / 5):.3f},{np.cos(i / 9):.3f},x{i % 3}"
+          for i, t in enumerate(times)]
+  header = "time,a,b,T,label"  # label: a text column, left out of the default features
 
   def csv(name, lines, encoding="utf-8"):
     (d / name).write_bytes(("\n".join(lines) + "\n").encode(encoding))
@@ -97,7 +100,7 @@ def _write_inputs(d: Path) -> None:
   def replace_line(index, line):  # data row `index` is file line index + 2
     return [header, *rows[:index], line, *rows[index + 1:]]
 
-  last_cell = lambda i, cell: rows[i].rsplit(",", 1)[0] + "," + cell
+  t_cell = lambda i, cell: ",".join(rows[i].split(",")[:3] + [cell] + rows[i].split(",")[4:])
   csv("good.csv", [header, *rows])
   csv("bom.csv", [header, *rows], encoding="utf-8-sig")
   (d / "empty.csv").write_bytes(b"")
@@ -105,13 +108,14 @@ def _write_inputs(d: Path) -> None:
   csv("few.csv", [header, *rows[:29]])
   csv("semicolon.csv", [line.replace(",", ";") for line in [header, *rows]])
   (d / "binary.csv").write_bytes(np.random.default_rng(0).bytes(3000))
-  csv("latin1.csv", replace_line(3, last_cell(3, "1.5") + "é"), encoding="latin-1")
-  csv("text.csv", replace_line(49, last_cell(49, "abc")))
-  csv("inf.csv", replace_line(49, last_cell(49, "inf")))
-  csv("nan.csv", replace_line(49, last_cell(49, "NaN")))
+  csv("latin1.csv", replace_line(3, rows[3] + "é"), encoding="latin-1")
+  csv("text.csv", replace_line(49, t_cell(49, "abc")))
+  csv("inf.csv", replace_line(49, t_cell(49, "inf")))
+  csv("nan.csv", replace_line(49, t_cell(49, "NaN")))
   csv("ragged.csv", replace_line(49, rows[49] + ",1"))
-  csv("quote.csv", replace_line(49, '"' + rows[49]))
+  csv("quote.csv", replace_line(49, '"' + rows[49]))  # the quote runs to the end
   csv("repeated.csv", replace_line(49, rows[48]))
+  csv("repeated_name.csv", ["time,T,a,T,label", *rows])
   csv("gap.csv", [header, *rows[:49], *rows[50:]])
   csv("decreasing.csv", [header, *rows[:48], rows[49], rows[48], *rows[50:]])
   csv("bad_time.csv", replace_line(49, "yesterday," + rows[49].split(",", 1)[1]))
@@ -133,8 +137,9 @@ def _write_inputs(d: Path) -> None:
   os.mkfifo(d / "fifo.csv")
   (d / "a_file").write_text("not a directory")
 
-  texts = {(split, label): [f"{label} review {i} of {split}, a {'fine' if label == 'pos' else 'dull'}"
-                            f" film" for i in range(6)]
+  adjective = {"pos": "fine", "neg": "dull"}
+  texts = {(split, label): [f"{label} review {i} of {split}, a {adjective[label]} film"
+                            for i in range(6)]
            for split in ("train", "test") for label in ("neg", "pos")}
 
   def archive(name, reviews=texts, extra=(), root="aclImdb", mode="w:gz"):
@@ -172,7 +177,6 @@ JENA_SIZES = ["--target=T", "--time_column=time", "--lookback=12", "--step=2", "
 SPLIT = ["--train_end=100", "--val_end=150"]
 IMDB_SIZES = ["--maxlen=20", "--max_features=30", "--units=4", "--embedding_dim=4",
               "--batch_size=8", "--epochs=1"]
-FORECAST_MODELS = "naive, mlp, gru, gru_dropout"  # part of the list the error message prints
 
 
 def _jena(data, *flags, split=True, **setup):
@@ -190,7 +194,8 @@ def _imdb(data, *flags, **setup):
 CASES = {
     # --- the forecasting CSV: files
     "csv_missing": (_jena("nope.csv"), r"--data_path=\S*/nope\.csv: no such file"),
-    "csv_directory": (_jena("directory.csv"), r"--data_path=\S*/directory\.csv: not a regular file"),
+    "csv_directory": (_jena("directory.csv"),
+                      r"--data_path=\S*/directory\.csv: not a regular file"),
     "csv_fifo": (_jena("fifo.csv"), r"--data_path=\S*/fifo\.csv: not a regular file"),
     "csv_empty": (_jena("empty.csv"), r"empty\.csv: empty file"),
     "csv_header_only": (_jena("header.csv"), r"header\.csv: no data rows after the header"),
@@ -209,8 +214,17 @@ CASES = {
                            r"good\.csv line 1: no column 'when' \(from --time_column\)"),
     "csv_no_feature": (_jena("good.csv", "--features=a,z"),
                        r"good\.csv line 1: no column 'z' \(from --features\)"),
-    "csv_ragged": (_jena("ragged.csv"), r"ragged\.csv line 51: 5 fields, the header \(line 1\) "
-                                        r"has 4"),
+    "csv_header_repeats_a_name": (_jena("repeated_name.csv"),
+                                  r"repeated_name\.csv line 1: column 'T' appears twice"),
+    "csv_text_target": (_jena("good.csv", "--target=label"),
+                        r"good\.csv line 2, column 'label': not a number: 'x0'"),
+    "csv_target_is_time": (_jena("good.csv", "--target=time"), r"--target='time' is a time column"),
+    "csv_bad_time_format": (_jena("good.csv", "--time_format=%Q"),
+                            r"--time_format='%Q': 'Q' is a bad directive"),
+    "csv_time_columns_without_day": (_jena("good.csv", "--time_column=", "--time_columns=a,b"),
+                                     r"--time_columns=a,b: needs year, month and day"),
+    "csv_ragged": (_jena("ragged.csv"), r"ragged\.csv line 51: 6 fields, the header \(line 1\) "
+                                        r"has 5"),
     "csv_unclosed_quote": (_jena("quote.csv"), r"quote\.csv lines 51-201 \(an unclosed quote on "
                                                r"line 51\?\)"),
     "csv_repeated_time": (_jena("repeated.csv"), r"repeated\.csv line 51: timestamp 2020-01-03 "
@@ -236,11 +250,12 @@ CASES = {
     "zip_corrupt": (_jena("corrupt.zip"), r"corrupt\.zip: truncated or corrupt file"),
     # --- the forecasting flags
     "forecast_unknown_model": (_jena("good.csv", "--model=naive,transformer"),
-                               rf"--model: unknown \['transformer'\]; choose from \[.*"),
+                               r"--model: unknown \['transformer'\]; choose from \['naive', 'mlp', "),
     "forecast_zero_units": (_jena("good.csv", "--units=0"), r"--units must be at least 1, got 0"),
     "forecast_negative_lookback": (_jena("good.csv", "--lookback=-12"),
                                    r"--lookback=-12 must be at least 1"),
-    "forecast_zero_lookback": (_jena("good.csv", "--lookback=0"), r"--lookback=0 must be at least 1"),
+    "forecast_zero_lookback": (_jena("good.csv", "--lookback=0"),
+                               r"--lookback=0 must be at least 1"),
     "forecast_zero_step": (_jena("good.csv", "--step=0"), r"--step=0 must be at least 1"),
     "forecast_step_not_dividing": (_jena("good.csv", "--step=5"),
                                    r"--step=5 does not divide --lookback=12"),
@@ -268,6 +283,12 @@ CASES = {
                                           "--val_fraction=0.2"),
                                     r"give --train_end/--val_end or --train_fraction/"
                                     r"--val_fraction, not both"),
+    "forecast_zero_steps_per_epoch": (_jena("good.csv", "--steps_per_epoch=0"),
+                                      r"--steps_per_epoch must be a positive integer, got 0"),
+    "forecast_nan_dropout": (_jena("good.csv", "--model=gru", "--dropout=nan"),
+                             r"--dropout must be in \[0, 1\), got nan"),
+    "forecast_too_many_devices": (_jena("good.csv", "--model=gru", "--num_devices=2"),
+                                  r"--num_devices=2 but only 1 local device\(s\) exist"),
     "forecast_unknown_fill": (_jena("good.csv", "--fill_missing=zero"),
                               r"^FATAL Flags parsing error: flag --fill_missing=zero: value "
                               r"should be one of"),
@@ -277,13 +298,15 @@ CASES = {
                               r"\S*/run/naive already holds a finished run; pass --overwrite"),
     # --- the Jena download
     "jena_download_fails": (
-        _jena(None, env={"https_proxy": _UNREACHABLE_PROXY}),
+        _jena(None),
         r"cannot download https://storage\.googleapis\.com/\S+jena_climate_2009_2016\.csv\.zip "
         r"\(.*\); put jena_climate_2009_2016\.csv or jena_climate_2009_2016\.csv\.zip in "
         r"\S*/cache/, or pass --data_path="),
     "jena_download_not_canonical": (
         _jena(None, patch={"rnn_jax.data.jena:URL": "file://{in}/deflated.zip"}),
         r"file://\S*/deflated\.zip did not hold the canonical jena_climate_2009_2016\.csv"),
+    "jena_cache_is_a_file": (_jena(None, env={"RNN_JAX_DATA_CACHE": "{in}/a_file"}),
+                             r"cannot create the data cache \S*/a_file"),
     "jena_cached_zip_corrupt": (
         _jena(None, before={"cache/jena_climate_2009_2016.csv.zip": "PK\x03\x04 cut"}),
         r"\S*/cache/jena_climate_2009_2016\.csv\.zip: not a zip file"),
@@ -315,7 +338,8 @@ CASES = {
                            r"^FATAL Flags parsing error: flag --model=cnn: value should be one of"),
     "imdb_max_features_3": (_imdb("good.tar.gz", "--max_features=3"),
                             r"--max_features must be at least 4"),
-    "imdb_zero_maxlen": (_imdb("good.tar.gz", "--maxlen=0"), r"--maxlen must be a positive integer"),
+    "imdb_zero_maxlen": (_imdb("good.tar.gz", "--maxlen=0"),
+                         r"--maxlen must be a positive integer"),
     "imdb_negative_units": (_imdb("good.tar.gz", "--units=-4"),
                             r"--units must be a positive integer, got -4"),
     "imdb_dropout_1": (_imdb("good.tar.gz", "--recurrent_dropout=1"),
@@ -332,8 +356,10 @@ CASES = {
                           r"\S*/run already holds a finished run \(\S*/run/results\.json\); pass "
                           r"--overwrite"),
     # --- IMDB: the download
+    "imdb_cache_is_a_file": (_imdb(None, env={"RNN_JAX_DATA_CACHE": "{in}/a_file"}),
+                             r"cannot create the data cache \S*/a_file"),
     "imdb_download_fails": (
-        _imdb(None, env={"https_proxy": _UNREACHABLE_PROXY}),
+        _imdb(None),
         r"could not download https://ai\.stanford\.edu/\S+/aclImdb_v1\.tar\.gz: .*; put the file "
         r"at \S*/cache/aclImdb_v1\.tar\.gz or pass --data_path$"),
     "imdb_checksum_mismatch": (
@@ -341,8 +367,7 @@ CASES = {
         r"checksum mismatch for file://\S*/good\.tar\.gz: got sha256 [0-9a-f]{64} \(\d+ bytes\), "
         r"expected c40f74a1"),
     "imdb_stale_cache_offline": (
-        _imdb(None, env={"https_proxy": _UNREACHABLE_PROXY},
-              before={"cache/aclImdb_v1.tar.gz": "an old, wrong file"}),
+        _imdb(None, before={"cache/aclImdb_v1.tar.gz": "an old, wrong file"}),
         r"could not download .*; put the file at \S*/cache/aclImdb_v1\.tar\.gz \(\S*/cache/"
         r"aclImdb_v1\.tar\.gz has sha256 [0-9a-f]{64}, expected c40f74a1"),
 }
@@ -371,32 +396,50 @@ def _prepare(tmp: Path, name: str, case: dict) -> dict:
   argv = [fill(a) for a in case["argv"]]
   if not any(a.startswith("--workdir=") for a in argv):
     argv.append(f"--workdir={case_dir / 'run'}")
+  # No case may reach the network: a download goes to a proxy that refuses at once.
   env = {"RNN_JAX_DATA_CACHE": str(case_dir / "cache"), "JAX_PLATFORMS": "cpu",
-         "no_proxy": "", "NO_PROXY": "", **case.get("env", {})}
+         "https_proxy": _UNREACHABLE_PROXY, "http_proxy": _UNREACHABLE_PROXY, "no_proxy": "",
+         "NO_PROXY": "", **{k: fill(v) for k, v in case.get("env", {}).items()}}
   patch = {k: fill(v) for k, v in case.get("patch", {}).items()}
   return {"argv": argv, "env": env, "patch": patch}
 
 
-def _drive(module: str, inputs: list) -> list:
-  proc = subprocess.run([sys.executable, "-c", _DRIVER, module], input=json.dumps(inputs),
-                        capture_output=True, text=True, cwd=REPO, timeout=600,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout)
+def _drive(cases: dict, tmp: Path) -> dict:
+  """name -> {rc, stderr, stdout}: one driver process per experiment, the two side by side."""
+  modules = sorted({case["module"] for case, _ in cases.values()})
+  names = {m: [name for name, (case, _) in cases.items() if case["module"] == m] for m in modules}
+  drivers = {}
+  for m in modules:
+    (tmp / f"{m}.cases.json").write_text(
+        json.dumps([cases[name][0]["prepared"] for name in names[m]]))
+    drivers[m] = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, m, tmp / f"{m}.cases.json", tmp / f"{m}.results.json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  results = {}
+  for m, driver in drivers.items():
+    _, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stderr[-3000:]
+    results.update(zip(names[m], json.loads((tmp / f"{m}.results.json").read_text())))
+  return results
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def inputs(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("bad_inputs") / "inputs"
+  directory.mkdir()
+  _write_inputs(directory)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def outcomes(inputs):
   """name -> (result, snapshot before, snapshot after, case dir), all cases run once."""
-  tmp = tmp_path_factory.mktemp("bad_inputs")
-  (tmp / "inputs").mkdir()
-  _write_inputs(tmp / "inputs")
-  prepared = {name: _prepare(tmp, name, case) for name, (case, _) in ALL_CASES.items()}
+  tmp = inputs.parent
+  prepared = {name: ({**case, "prepared": _prepare(tmp, name, case)}, pattern)
+              for name, (case, pattern) in ALL_CASES.items()}
   before = {name: _snapshot(tmp / "cases" / name) for name in ALL_CASES}
-  results = {}
-  for module in sorted({case["module"] for case, _ in ALL_CASES.values()}):
-    names = [name for name, (case, _) in ALL_CASES.items() if case["module"] == module]
-    results.update(zip(names, _drive(module, [prepared[n] for n in names])))
+  results = _drive(prepared, tmp)
   return {name: (results[name], before[name], _snapshot(tmp / "cases" / name),
                  tmp / "cases" / name) for name in ALL_CASES}
 
@@ -449,8 +492,7 @@ def test_good_input_passes_the_same_driver(outcomes):
     ("experiments.imdb_sentiment", ["--data_path={in}/not_utf8.tar.gz", *IMDB_SIZES],
      r"not_utf8\.tar\.gz: aclImdb/train/pos/99_9\.txt: not UTF-8 text"),
 ])
-def test_the_same_as_a_plain_python_m_run(outcomes, tmp_path, module, flags, pattern):
-  inputs = next(iter(outcomes.values()))[3].parents[1] / "inputs"
+def test_the_same_as_a_plain_python_m_run(inputs, tmp_path, module, flags, pattern):
   argv = [f.replace("{in}", str(inputs)) for f in flags] + [f"--workdir={tmp_path / 'run'}"]
   proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
                         cwd=REPO, timeout=300,

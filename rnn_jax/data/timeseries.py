@@ -267,7 +267,10 @@ def _parse_times(path, strings: pd.DataFrame, lines, spec: CsvSpec) -> Optional[
   formats = [spec.time_format] if spec.time_format else [JENA_TIME_FORMAT, "ISO8601"]
   for fmt in formats:
     # In UTC, so that offsets (e.g. a change to daylight saving time) keep the spacing.
-    times = pd.to_datetime(cells, format=fmt, errors="coerce", utc=True)
+    try:
+      times = pd.to_datetime(cells, format=fmt, errors="coerce", utc=True)
+    except ValueError as e:  # a bad directive, e.g. '%Q'
+      raise UserError(f"--time_format={fmt!r}: {e}") from None
     if not times.isna().any():
       return times.dt.tz_convert(None).to_numpy("datetime64[ns]")
   first = int(np.nonzero(times.isna().to_numpy())[0][0])
