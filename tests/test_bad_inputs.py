@@ -491,7 +491,7 @@ def test_good_input_passes_the_same_driver(outcomes):
      r"inf\.csv line 51, column 'T': not a number: 'inf'"),
     ("experiments.imdb_sentiment", ["--data_path={in}/not_utf8.tar.gz", *IMDB_SIZES],
      r"not_utf8\.tar\.gz: aclImdb/train/pos/99_9\.txt: not UTF-8 text"),
-])
+], ids=["jena_forecast", "imdb_sentiment"])
 def test_the_same_as_a_plain_python_m_run(inputs, tmp_path, module, flags, pattern):
   argv = [f.replace("{in}", str(inputs)) for f in flags] + [f"--workdir={tmp_path / 'run'}"]
   proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
