@@ -103,6 +103,7 @@ def test_two_processes_equal_one_and_resume(tmp_path):
   assert not list((both / "gru").glob(".*.tmp-*"))
 
 
+@pytest.mark.slow  # ~40 s: a third combination of the above
 def test_two_processes_with_many_seeds(tmp_path):
   _two_processes(tmp_path / "both", "--num_seeds=2", "--epochs=2")
   results = runs.results(tmp_path / "both")
