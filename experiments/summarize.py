@@ -4,7 +4,8 @@
 
 Reads every `results.json` below --workdir, prints a markdown table (experiment, model,
 best epoch, validation and test MAE in normalized units and in the target's unit,
-seconds; also written to <workdir>/summary.md) and draws <workdir>/val_mae.png: one bar
+seconds; also written to <workdir>/summary.md; a run of --num_seeds > 1 shows
+"mean ± std" over its replicas and the replicas' best epochs) and draws <workdir>/val_mae.png: one bar
 per model, the naive baseline as a dashed line (one chart per experiment when the
 directory holds several: val_mae_<experiment>.png).
 """
@@ -47,8 +48,17 @@ def _unit_mae(metrics: Optional[dict]) -> tuple[Optional[float], Optional[float]
   return metrics.get("mae", metrics.get("loss")), None, ""
 
 
-def _fmt(value: Optional[float], digits: int) -> str:
-  return "-" if value is None else f"{value:.{digits}f}"
+def _fmt(value: Optional[float], digits: int, std: Optional[float] = None) -> str:
+  if value is None:
+    return "-"
+  return f"{value:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def _best_epoch(run: dict) -> str:
+  best = run.get("best_epoch")
+  if isinstance(best, list):  # one per replica of a --num_seeds run
+    return ",".join(str(b) for b in best)
+  return str(best or "-")
 
 
 def table(runs: list[dict]) -> str:
@@ -58,11 +68,16 @@ def table(runs: list[dict]) -> str:
   for r in runs:
     val, val_unit, unit = _unit_mae(r.get("val"))
     test, test_unit, _ = _unit_mae(r.get("test"))
+    std = r.get("std") or {}  # over the replicas of a --num_seeds run
+    val_std, val_unit_std, _ = _unit_mae(std.get("val"))
+    test_std, test_unit_std, _ = _unit_mae(std.get("test"))
     unit = f" {unit}" if unit else ""
     lines.append(
-        f"| {r.get('experiment', '-')} | {r['model']} | {r.get('best_epoch') or '-'} | "
-        f"{_fmt(val, 4)} | {_fmt(val_unit, 3)}{unit if val_unit is not None else ''} | "
-        f"{_fmt(test, 4)} | {_fmt(test_unit, 3)}{unit if test_unit is not None else ''} | "
+        f"| {r.get('experiment', '-')} | {r['model']} | {_best_epoch(r)} | "
+        f"{_fmt(val, 4, val_std)} | "
+        f"{_fmt(val_unit, 3, val_unit_std)}{unit if val_unit is not None else ''} | "
+        f"{_fmt(test, 4, test_std)} | "
+        f"{_fmt(test_unit, 3, test_unit_std)}{unit if test_unit is not None else ''} | "
         f"{_fmt(r.get('seconds'), 0)} |")
   return "\n".join(lines)
 

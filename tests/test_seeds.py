@@ -110,3 +110,14 @@ def test_bad_num_seeds_is_named():
                 num_devices=None, validation_split=0.2, learning_rate=1e-3, clip_norm=None)
   with pytest.raises(train.UserError, match="--num_seeds must be a positive integer, got 0"):
     train._check_flags({**values, "num_seeds": 0})
+
+
+def test_summarize_shows_mean_and_std_of_replicas(runs):
+  from experiments import summarize
+  root, many, _ = runs
+  found = [r for r in summarize.load_results(root) if r["path"].endswith("many/results.json")]
+  (line,) = [l for l in summarize.table(found).splitlines() if l.startswith("| test")]
+  mean, std = many.results["mean"]["val"], many.results["std"]["val"]
+  best = ",".join(map(str, many.results["best_epoch"]))
+  assert line.startswith(f"| test | gru | {best} | {mean['mae']:.4f} ± {std['mae']:.4f} | "
+                         f"{mean['mae_degC']:.3f} ± {std['mae_degC']:.3f} degC | ")
