@@ -6,8 +6,8 @@ Each cell is ten lines of math. A `Cell` bundles:
   initial_carry(batch_size, units) -> carry
   step(params, carry, x_t) -> (carry, y_t)
 
-and, for the unroll in `rnn_jax.recurrent`, the step split in two so that the input
-projection of a whole sequence is one large matmul outside `lax.scan`:
+and, for the unroll in `rnn_jax.recurrent`, the step split in two (the input
+projection, which does not depend on the carry, and the recurrence):
 
   project(params, x, input_mask=None) -> xw          <float32>[..., gates*units]
   recurrent(params, carry, xw_t, recurrent_mask=None) -> (carry, y_t)

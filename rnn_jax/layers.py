@@ -134,11 +134,21 @@ class RNN:
 
   def apply(self, params, x, mask=None, *, training=False, key=None, initial_carry=None):
     y, carry = recurrent.unroll(
-        self.cell, params, x, initial_carry=initial_carry, mask=mask,
-        go_backwards=self.go_backwards, return_sequences=self.return_sequences,
-        zero_output_for_mask=self.zero_output_for_mask, dropout=self.dropout,
-        recurrent_dropout=self.recurrent_dropout, training=training, key=key,
-        unroll=self.unroll)
+        **self.unroll_kwargs(params, x, mask, training=training, key=key,
+                             initial_carry=initial_carry), unroll=self.unroll)
+    return self.outputs(y, carry, mask)
+
+  def unroll_kwargs(self, params, x, mask=None, *, training=False, key=None,
+                    initial_carry=None) -> dict:
+    """The arguments of `recurrent.unroll` (but `unroll`) for this layer on x."""
+    return dict(cell=self.cell, params=params, inputs=x, initial_carry=initial_carry,
+                mask=mask, go_backwards=self.go_backwards,
+                return_sequences=self.return_sequences,
+                zero_output_for_mask=self.zero_output_for_mask, dropout=self.dropout,
+                recurrent_dropout=self.recurrent_dropout, training=training, key=key)
+
+  def outputs(self, y, carry, mask=None):
+    """(layer output, output mask) from `recurrent.unroll`'s (y, carry)."""
     out_mask = mask if self.return_sequences else None
     if self.return_state:
       return (y, *jax.tree_util.tree_leaves(carry)), out_mask
@@ -217,8 +227,14 @@ class Bidirectional:
     k_f = k_b = None
     if key is not None:
       k_f, k_b = jax.random.split(key)
-    y_f, _ = self.forward.apply(params["forward"], x, mask, training=training, key=k_f)
-    y_b, _ = self.backward.apply(params["backward"], x, mask, training=training, key=k_b)
+    # Both directions in one loop (see `recurrent.unroll_together`).
+    forward, backward = self.forward, self.backward
+    (y_f, carry_f), (y_b, carry_b) = recurrent.unroll_together(
+        [forward.unroll_kwargs(params["forward"], x, mask, training=training, key=k_f),
+         backward.unroll_kwargs(params["backward"], x, mask, training=training, key=k_b)],
+        unroll=forward.unroll)
+    y_f, _ = forward.outputs(y_f, carry_f, mask)
+    y_b, _ = backward.outputs(y_b, carry_b, mask)
     states = ()
     if self.layer.return_state:
       (y_f, *states_f), (y_b, *states_b) = y_f, y_b

@@ -18,10 +18,13 @@ in how many there are and in how much memory they touch, not in arithmetic.
   * Cells do one matmul per gate and parameters enter the loop split per gate (see
     `cells.gate_matmuls`, `_split_gates`): XLA's CPU code for a fusion that reads several
     column slices of one array is several times slower than for separate arrays.
+  * `unroll` > 1 helps a single GRU a little but slows the others and compiles longer,
+    so it stays 1 by default. Bidirectional layers run both directions in one loop
+    (`unroll_together`).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +76,7 @@ def unroll(cell: Cell, params: Params, inputs: Array, *,
            training: bool = False,
            key: Optional[Array] = None,
            unroll: int = 1,
-           fast: bool = True) -> tuple[Array, Any]:
+           fast: Optional[bool] = None) -> tuple[Array, Any]:
   """Runs `cell` over a batch of sequences.
 
   Args:
@@ -92,12 +95,64 @@ def unroll(cell: Cell, params: Params, inputs: Array, *,
     unroll: how many steps `lax.scan` unrolls per loop iteration.
     fast: differentiate with the hand-written backward pass (`scan_with_recompute`);
       False differentiates the plain `lax.scan` (the reference the tests compare
-      against). The values are the same either way.
+      against); None (default) picks the faster: the hand-written pass for gated cells
+      (LSTM, GRU), autodiff for SimpleRNN, whose one small matmul per step costs more
+      to recompute than to save. The values are the same either way.
 
   Returns:
     (outputs, final_carry): outputs <float32>[batch, time, units] with
     `return_sequences`, else <float32>[batch, units].
   """
+  loop = _loop(cell, params, inputs, initial_carry=initial_carry, mask=mask,
+               go_backwards=go_backwards, return_sequences=return_sequences,
+               zero_output_for_mask=zero_output_for_mask, dropout=dropout,
+               recurrent_dropout=recurrent_dropout, training=training, key=key)
+  if fast is None:
+    fast = cell.num_gates > 1
+  carry, ys = _scan(loop.step, loop.params, loop.carry, loop.xs, loop.consts, fast=fast,
+                    unroll=unroll)
+  return loop.finish(carry, ys)
+
+
+def unroll_together(calls: Sequence[dict], *, unroll: int = 1,
+                    fast: Optional[bool] = None) -> list[tuple[Array, Any]]:
+  """[unroll(**kwargs) for kwargs in calls], as one loop over time.
+
+  For independent recurrences over sequences of one length, such as the two directions
+  of a Bidirectional layer: one loop instead of two halves the per-step overhead, and
+  the two independent chains of small kernels in each step can run on two cores.
+  """
+  loops = [_loop(**kwargs) for kwargs in calls]
+  if fast is None:
+    fast = any(kwargs["cell"].num_gates > 1 for kwargs in calls)
+
+  def step(params, carry, xs_t, consts):
+    x_t, mask_t = xs_t
+    outs = [loop.step(p, c, (x, m), k)
+            for loop, p, c, x, m, k in zip(loops, params, carry, x_t, mask_t, consts)]
+    return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
+
+  xs = (tuple(loop.xs[0] for loop in loops), tuple(loop.xs[1] for loop in loops))
+  carry, ys = _scan(step, tuple(loop.params for loop in loops),
+                    tuple(loop.carry for loop in loops), xs,
+                    tuple(loop.consts for loop in loops), fast=fast, unroll=unroll)
+  return [loop.finish(c, y) for loop, c, y in zip(loops, carry, ys)]
+
+
+class _Loop(NamedTuple):
+  """What `unroll` scans: step(params, carry, (x_t, mask_t), consts) -> (carry, y_t) over
+  xs = (x, mask) time-major, and finish(carry, ys) -> (outputs, final_carry)."""
+  step: Callable
+  params: Any
+  carry: Any
+  xs: tuple
+  consts: Any
+  finish: Callable
+
+
+def _loop(cell: Cell, params: Params, inputs: Array, *, initial_carry=None, mask=None,
+          go_backwards=False, return_sequences=False, zero_output_for_mask=False,
+          dropout=0.0, recurrent_dropout=0.0, training=False, key=None) -> _Loop:
   batch, _, input_size = inputs.shape
   units = params["recurrent_kernel"].shape[0]
   carry = cell.initial_carry(batch, units, inputs.dtype) if initial_carry is None else initial_carry
@@ -110,7 +165,6 @@ def unroll(cell: Cell, params: Params, inputs: Array, *,
   if go_backwards:
     xs = xs[::-1]
     step_mask = None if step_mask is None else step_mask[::-1]
-  loop_params = _split_gates(params, cell.num_gates, units)
 
   def step(loop_params, carry, xs_t, dropout_masks):
     """(carry, (x_t <float32>[batch, features], mask_t)) -> (carry, y_t or None)."""
@@ -126,18 +180,22 @@ def unroll(cell: Cell, params: Params, inputs: Array, *,
         y = jnp.where(mask_t, y, jnp.zeros_like(y))
     return new_carry, (y if return_sequences else None)
 
+  def finish(carry, ys):
+    if return_sequences:
+      return jnp.swapaxes(ys, 0, 1), carry
+    last = cell.hidden(carry)
+    if step_mask is not None and zero_output_for_mask:
+      last = jnp.where(step_mask[-1], last, jnp.zeros_like(last))
+    return last, carry
+
+  return _Loop(step, _split_gates(params, cell.num_gates, units), carry, (xs, step_mask),
+               dropout_masks, finish)
+
+
+def _scan(step, params, carry, xs, consts, *, fast: bool, unroll: int):
   if fast:
-    carry, ys = scan_with_recompute(step, loop_params, carry, (xs, step_mask), dropout_masks,
-                                    unroll=unroll)
-  else:
-    carry, ys = jax.lax.scan(lambda c, xs_t: step(loop_params, c, xs_t, dropout_masks), carry,
-                             (xs, step_mask), unroll=unroll)
-  if return_sequences:
-    return jnp.swapaxes(ys, 0, 1), carry
-  last = cell.hidden(carry)
-  if step_mask is not None and zero_output_for_mask:
-    last = jnp.where(step_mask[-1], last, jnp.zeros_like(last))
-  return last, carry
+    return scan_with_recompute(step, params, carry, xs, consts, unroll=unroll)
+  return jax.lax.scan(lambda c, xs_t: step(params, c, xs_t, consts), carry, xs, unroll=unroll)
 
 
 def _split_gates(params: Params, num_gates: int, units: int):

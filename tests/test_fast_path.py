@@ -1,7 +1,7 @@
 """The unroll's hand-written backward pass equals autodiff of the plain `lax.scan`.
 
-`unroll(..., fast=True)` (the default) differentiates through `scan_with_recompute`;
-`fast=False` is the reference. Values, parameter gradients, input
+`unroll(..., fast=True)` (the default for LSTM and GRU) differentiates through
+`scan_with_recompute`; `fast=False` is the reference. Values, parameter gradients, input
 gradients and initial-carry gradients must agree to 1e-5 for every cell, with and
 without masks, dropout, go_backwards, return_sequences and unroll.
 """
@@ -120,14 +120,17 @@ def test_fast_path_in_a_stacked_bidirectional_model():
   for fast in (True, False):
     net, _ = model(fast)
     params = net.init(jax.random.PRNGKey(0), ids)
-    original = recurrent.unroll.__kwdefaults__["fast"]
-    recurrent.unroll.__kwdefaults__["fast"] = fast
+    functions = (recurrent.unroll, recurrent.unroll_together)
+    originals = [f.__kwdefaults__["fast"] for f in functions]
+    for f in functions:
+      f.__kwdefaults__["fast"] = fast
     try:
       grads[fast] = jax.value_and_grad(
           lambda p: jnp.sum(net.apply(p, ids, training=True, key=jax.random.PRNGKey(5)) ** 2)
       )(params)
     finally:
-      recurrent.unroll.__kwdefaults__["fast"] = original
+      for f, original in zip(functions, originals):
+        f.__kwdefaults__["fast"] = original
   _assert_close(grads[True], grads[False])
 
 
@@ -144,3 +147,31 @@ def test_fast_path_under_jit_and_vmap_of_grad():
     return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, x)
 
   _assert_close(per_example(True), per_example(False))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_unroll_together_equals_separate_unrolls(fast):
+  # Two recurrences in one loop (Bidirectional's directions): the same values and
+  # gradients as two loops, with different cells, widths, masks and dropout.
+  x, mask = _inputs(4)
+  forward, backward = cells.lstm(), cells.gru()
+  p_f = forward.init(jax.random.PRNGKey(1), FEATURES, UNITS)
+  p_b = backward.init(jax.random.PRNGKey(2), FEATURES, UNITS + 1)
+
+  def calls(p_f, p_b, x):
+    return [dict(cell=forward, params=p_f, inputs=x, mask=mask, return_sequences=True,
+                 zero_output_for_mask=True, dropout=0.2, recurrent_dropout=0.3,
+                 training=True, key=jax.random.PRNGKey(5)),
+            dict(cell=backward, params=p_b, inputs=x, mask=mask, go_backwards=True,
+                 dropout=0.1, training=True, key=jax.random.PRNGKey(6))]
+
+  def loss(together, p_f, p_b, x):
+    if together:
+      outputs = recurrent.unroll_together(calls(p_f, p_b, x), fast=fast)
+    else:
+      outputs = [recurrent.unroll(**kwargs, fast=False) for kwargs in calls(p_f, p_b, x)]
+    return sum(jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(jax.tree_util.tree_leaves(c)[0]))
+               for y, c in outputs)
+
+  _assert_close(jax.value_and_grad(lambda *a: loss(True, *a), argnums=(0, 1, 2))(p_f, p_b, x),
+                jax.value_and_grad(lambda *a: loss(False, *a), argnums=(0, 1, 2))(p_f, p_b, x))
