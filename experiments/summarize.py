@@ -4,10 +4,10 @@
 
 Reads every `results.json` below --workdir, prints a markdown table (experiment, model,
 best epoch, validation and test MAE in normalized units and in the target's unit,
-seconds; also written to <workdir>/summary.md; a run of --num_seeds > 1 shows
-"mean ± std" over its replicas and the replicas' best epochs) and draws <workdir>/val_mae.png: one bar
+seconds; also written to <workdir>/summary.md) and draws <workdir>/val_mae.png: one bar
 per model, the naive baseline as a dashed line (one chart per experiment when the
-directory holds several: val_mae_<experiment>.png).
+directory holds several: val_mae_<experiment>.png). A run of --num_seeds > 1 shows
+"mean ± std" over its replicas (and their bars the mean), and each replica's best epoch.
 """
 from __future__ import annotations
 
