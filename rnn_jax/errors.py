@@ -32,4 +32,8 @@ def run(main: Callable) -> None:
   absl itself reports bad flag values (unknown enum, failed validator) in one line and
   exits 1.
   """
+  # Keep the terminal to the experiment's own lines: JAX's INFO logs (e.g. "Unable to
+  # initialize backend 'tpu'") show only with --verbosity=0 or more.
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.WARNING)
   app.run(_guarded(main))

@@ -235,7 +235,10 @@ def _format_seconds(seconds: float) -> str:
 
 def _lock(workdir: Path):
   """An exclusive lock on the workdir for this process's lifetime (freed even by SIGKILL)."""
-  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--workdir: cannot create {workdir}: {e.strerror or e}") from None
   lock_file = open(workdir / ".lock", "w")  # pylint: disable=consider-using-with
   try:
     fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
