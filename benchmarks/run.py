@@ -240,8 +240,9 @@ def _median_over_rounds(rounds: list[dict]) -> dict:
   if not ok:
     return rounds[0]
   merged = dict(ok[0])
-  for field in ("median_step_s", "min_step_s", "peak_rss_mb"):
+  for field in ("first_step_s", "median_step_s", "min_step_s", "peak_rss_mb"):
     merged[field] = statistics.median(r[field] for r in ok)
+  merged["peak_rss_mb"] = round(merged["peak_rss_mb"], 1)
   merged["rounds"] = len(ok)
   return merged
 
