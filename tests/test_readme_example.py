@@ -26,3 +26,13 @@ def test_plain_jax_example_runs(capsys):
   after = namespace["loss"](namespace["params"], namespace["xs"], namespace["targets"])
   assert after < namespace["before"]  # the gradient step helped
   assert np.all(np.isfinite(np.asarray(after)))
+
+
+def test_layers_example_runs(capsys):
+  namespace = {}
+  exec(compile(_python_block("## Layers and models"), str(README), "exec"), namespace)  # pylint: disable=exec-used
+  printed = capsys.readouterr().out
+  assert "(2, 1)" in printed
+  assert "'kernel': (64, 192)" in printed  # GRU(64) over the Bidirectional's 2*32 features
+  logits, noisy = np.asarray(namespace["logits"]), np.asarray(namespace["noisy"])
+  assert np.all(np.isfinite(logits)) and not np.allclose(logits, noisy)  # dropout changed it
