@@ -1,4 +1,6 @@
 """The window sampler against a plain transcription of the lecture's `generator`."""
+import gc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -125,3 +127,36 @@ def test_property_every_window_is_its_rows_and_every_target_delay_ahead(
       np.testing.assert_array_equal(y[real, 0], 2 * (end_rows + delay) + 1)
       np.testing.assert_array_equal(np.diff(x[real, :, 0], axis=1) / 2, step)
       assert np.all(x[real, -1, 0] / 2 < end_rows)  # a window never sees its end row
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gather_cuts_every_window_up_to_the_last_row(reverse):
+  data = _data(53, features=2)  # 53 rows: a multiple of no step below
+  for step in range(1, 6):
+    for lookback in (step, 7, 12):
+      time = len(range(-lookback, 0, step))
+      rows = np.arange(lookback, 53)  # every end row; row 52 is the data's last
+      x, y = windows.gather(data, rows, lookback=lookback, step=step, delay=0,
+                            target_index=1, reverse=reverse)
+      expected = np.stack([data[r - lookback:r:step] for r in rows])
+      np.testing.assert_array_equal(x, expected[:, ::-1] if reverse else expected)
+      np.testing.assert_array_equal(y[:, 0], data[rows, 1])
+      assert x.shape == (len(rows), time, 2)
+
+
+def test_batches_are_fresh_float32_arrays_over_one_shared_layout():
+  data = _data(400).astype(np.float64)
+  first, second = _batches(data), _batches(data, batch_size=4)
+  x, _, _ = next(second.val())
+  assert x.dtype == np.float32 and x.flags.c_contiguous and x.flags.owndata
+  x[:] = np.nan  # a consumer may write into its batch: later batches are unaffected
+  again, _, _ = next(first.val())
+  end_row = next(first.rows("val"))[0]
+  np.testing.assert_array_equal(again[0], data[end_row - 24:end_row:3].astype(np.float32))
+  layout = windows.layout(data, time=first.time_steps, step=3, reverse=False)
+  assert layout is windows.layout(data, time=second.time_steps, step=3, reverse=False)
+  keys = [key for key in windows._LAYOUTS if key[0] == id(data)]
+  assert keys
+  del data, first, second, layout
+  gc.collect()
+  assert not any(key in windows._LAYOUTS for key in keys)  # dropped with its array

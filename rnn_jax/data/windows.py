@@ -12,15 +12,24 @@ Random rows are drawn from [min_index + lookback, max_index) (`integers(lo, hi, 
 batch_size)` of a numpy Generator, the lecture's `np.random.randint`); rows in order start
 at min_index + lookback and restart there when `i + batch_size >= max_index`. The lecture's
 step counts: val_steps = (val_end - (train_end + 1) - lookback) // batch_size and
-test_steps = (rows - (val_end + 1) - lookback) // batch_size. A batch is gathered with one
-fancy index, `data[rows[:, None] + offsets]`, never a Python loop over samples.
+test_steps = (rows - (val_end + 1) - lookback) // batch_size.
+
+Speed: a window's rows are `step` rows apart, so cutting it from `data` copies `time`
+scattered rows of `features` values. `gather` instead reads a copy of the data laid out
+phase-major (`WindowLayout`): rows r ≡ p (mod step) stored consecutively, so that every window
+is one contiguous block of <float32>[time, features] and a batch is one fancy index over
+`batch_size` blocks, about 30x the lecture generator's windows/s (benchmarks/run.py
+--sections=sampler). The layout is built on first use and shared by every sampler over the
+same array until that array is freed; it is a snapshot, so `data` must not change after.
 """
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Iterator, Optional
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from rnn_jax.data.batches import Batch, _padded
 from rnn_jax.errors import UserError
@@ -59,18 +68,71 @@ def ordered_rows(bounds: Bounds, lookback: int, batch_size: int,
     yield rows
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowLayout:
+  """Every window over one array as a contiguous block, in a phase-major copy of it.
+
+  Row r of the source (`data`, or `data[::-1]` when `reverse`) is row
+  `(r % step) * phase_rows + r // step` of the copy, so the rows s, s + step, ...,
+  s + (time - 1) * step of the window starting at s are consecutive there: `blocks[i]`,
+  i the image of s. A reversed window is the forward window of `data[::-1]` that starts
+  at `num_rows - 1 - (s + (time - 1) * step)`.
+  """
+  blocks: np.ndarray  # <float32>[step * phase_rows - time + 1, time, features], a view
+  phase_rows: int
+  num_rows: int
+  step: int
+  reverse: bool
+
+  @classmethod
+  def of(cls, data: np.ndarray, *, time: int, step: int, reverse: bool) -> "WindowLayout":
+    num_rows, features = data.shape
+    source = data[::-1] if reverse else data
+    phase_rows = -(-num_rows // step)
+    phased = np.zeros((step, phase_rows, features), np.float32)
+    for phase in range(step):
+      rows = source[phase::step]
+      phased[phase, :len(rows)] = rows
+    flat = phased.reshape(step * phase_rows, features)
+    blocks = sliding_window_view(flat, time, axis=0).transpose(0, 2, 1)
+    return cls(blocks, phase_rows, num_rows, step, reverse)
+
+  @property
+  def time(self) -> int:
+    return self.blocks.shape[1]
+
+  def windows(self, starts: np.ndarray) -> np.ndarray:
+    """<float32>[len(starts), time, features]: rows `starts + step * arange(time)` of `data`,
+    reversed along time if `reverse`; a fresh C-contiguous array."""
+    if self.reverse:
+      starts = self.num_rows - 1 - (self.time - 1) * self.step - starts
+    return self.blocks[(starts % self.step) * self.phase_rows + starts // self.step]
+
+
+_LAYOUTS: dict = {}  # (id(data), time, step, reverse) -> WindowLayout, dropped with data
+
+
+def layout(data: np.ndarray, *, time: int, step: int, reverse: bool) -> WindowLayout:
+  """The `WindowLayout` of `data` <float>[rows, features], built once per live array."""
+  key = (id(data), time, step, reverse)
+  found = _LAYOUTS.get(key)
+  if found is None:
+    found = _LAYOUTS[key] = WindowLayout.of(data, time=time, step=step, reverse=reverse)
+    weakref.finalize(data, _LAYOUTS.pop, key, None)
+  return found
+
+
 def gather(data: np.ndarray, rows: np.ndarray, *, lookback: int, step: int, delay: int,
            target_index: int, reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """(samples <float32>[len(rows), time, features], targets <float32>[len(rows), 1]).
 
-  `reverse` flips every window along time (the lecture's reversed-order GRU).
+  Sample j is `data[rows[j] - lookback : rows[j] : step]`, flipped along time when
+  `reverse` (the lecture's reversed-order GRU); its target `data[rows[j] + delay, target_index]`.
   """
-  offsets = np.arange(-lookback, 0, step)
-  samples = data[rows[:, None] + offsets[None, :]]
-  if reverse:
-    samples = samples[:, ::-1]
+  time = len(range(-lookback, 0, step))
+  samples = layout(data, time=time, step=step, reverse=reverse).windows(rows - lookback)
   targets = data[rows + delay, target_index][:, None]
-  return samples.astype(np.float32, copy=False), targets.astype(np.float32, copy=False)
+  return samples, targets.astype(np.float32, copy=False)
 
 
 @dataclasses.dataclass(frozen=True)
