@@ -179,27 +179,23 @@ def time_sampler(num_batches: int = 50, rounds: int = 7) -> list[dict]:
 
   Both produce the host arrays a train step consumes: the lecture's generator
   <float64>[128, 240, 14] samples, `WindowBatches.train` (x <float32>[128, 240, 14], y,
-  weight) batches. Rounds alternate the two samplers
-  in this process; the medians of the rounds are reported, and `speedup` is the median of
-  the rounds' ratios (the machine may be shared). `layout_s` is rnn_jax's one-time cost
-  of its phase-major copy of the data, paid on the first batch and not in the rates.
+  weight). Rounds alternate the two samplers in this process; the medians of the rounds
+  are reported, and `speedup` is the median of the rounds' ratios (the machine may be
+  shared). `layout_s` is rnn_jax's one-time cost of its phase-major copy of the data,
+  paid on the first batch and left out of the rates.
   """
   import numpy as np
+  from rnn_jax.data import windows
   data = np.random.default_rng(0).standard_normal((420_551, 14), dtype=np.float32)
   train_end, val_end = 200_000, 300_000
   generator = lecture_generator(data, 1440, 144, 0, train_end, shuffle=True)
   next(generator)
-  try:
-    from rnn_jax.data import windows
-  except ImportError:
-    windows = None
-  if windows is not None:
-    batches = windows.WindowBatches.from_split(
-        data, 1, train_end=train_end, val_end=val_end, lookback=1440, step=6, delay=144,
-        batch_size=128, steps_per_epoch=num_batches)
-    start = time.perf_counter()
-    next(iter(batches.train(seed=0, epoch=0)))
-    layout_s = time.perf_counter() - start
+  batches = windows.WindowBatches.from_split(
+      data, 1, train_end=train_end, val_end=val_end, lookback=1440, step=6, delay=144,
+      batch_size=128, steps_per_epoch=num_batches)
+  start = time.perf_counter()
+  next(iter(batches.train(seed=0, epoch=0)))
+  layout_s = time.perf_counter() - start
 
   def rate(draws) -> float:
     start = time.perf_counter()
@@ -210,18 +206,13 @@ def time_sampler(num_batches: int = 50, rounds: int = 7) -> list[dict]:
   lecture, ours = [], []
   for round_index in range(rounds):
     lecture.append(rate(generator))
-    if windows is not None:
-      ours.append(rate(iter(batches.train(seed=0, epoch=round_index + 1))))
-  records = [{"sampler": "lecture generator", "windows_per_s": round(statistics.median(lecture)),
-              "ms_per_batch": round(128e3 / statistics.median(lecture), 3)}]
-  if windows is None:
-    return records + [{"sampler": "rnn_jax.data.windows", "missing": True}]
-  records.append({"sampler": "rnn_jax.data.windows",
-                  "windows_per_s": round(statistics.median(ours)),
-                  "ms_per_batch": round(128e3 / statistics.median(ours), 3),
-                  "speedup": round(statistics.median(o / l for o, l in zip(ours, lecture)), 1),
-                  "layout_s": round(layout_s, 3), "rounds": rounds})
-  return records
+    ours.append(rate(iter(batches.train(seed=0, epoch=round_index + 1))))
+  speedup = statistics.median(o / l for o, l in zip(ours, lecture))
+  return [{"sampler": "lecture generator", "windows_per_s": round(statistics.median(lecture)),
+           "ms_per_batch": round(128e3 / statistics.median(lecture), 3)},
+          {"sampler": "rnn_jax.data.windows", "windows_per_s": round(statistics.median(ours)),
+           "ms_per_batch": round(128e3 / statistics.median(ours), 3),
+           "speedup": round(speedup, 1), "layout_s": round(layout_s, 3), "rounds": rounds}]
 
 
 # ----------------------------------------------------------------------------- report
