@@ -37,7 +37,7 @@ case "${1:-}" in
     install test -e ".[test]"
     exec "$VENV/bin/python" -m benchmarks.run "$@" ;;
   -h|--help)
-    sed -n '2,7p' "$0" ;;
+    sed -n '2,6p' "$0" ;;
   *)
     name="$1"; shift
     exec "$VENV/bin/python" -m "experiments.$name" "$@" ;;
