@@ -27,6 +27,7 @@ These functions need nothing but JAX: they work under `jit`, `grad`, `vmap` and
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -86,13 +87,38 @@ def gate_matmuls(v: Array, kernel: Array, mask: Optional[Array], num_gates: int)
   column slices of one array is several times slower than for separate arrays, and
   at 32 units that costs more than the fused matmul saves.
   """
-  kernels = jnp.split(kernel, num_gates, axis=-1)
   if mask is None:
-    return [v @ k for k in kernels]
+    return list(_split_matmul(v, kernel, num_gates))
   if mask.shape[0] == 1:
-    v = v * mask[0]
-    return [v @ k for k in kernels]
+    return list(_split_matmul(v * mask[0], kernel, num_gates))
+  kernels = jnp.split(kernel, num_gates, axis=-1)
   return [(v * m) @ k for m, k in zip(mask, kernels)]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _split_matmul(v: Array, kernel: Array, num_gates: int) -> tuple[Array, ...]:
+  """(v @ kernel_g for each gate g), with a derivative that is cheaper to transpose.
+
+  The same values and derivatives as the plain matmuls, in forward and reverse mode;
+  only the tangent's form differs: the kernel's tangent enters as one matmul,
+  v @ d_kernel split over gates, so reverse mode (its transpose) computes the kernel's
+  gradient as one matmul v.T @ [d_1 ... d_G] per step instead of G. Such
+  batch-contracting matmuls are the costliest small kernels of a backward loop on CPU
+  (2-core CPU: imdb_lstm's train step -19%, jena_gru's -6%). The tangent of v keeps
+  one matmul per gate: its transpose, G small matmuls, measured faster than one matmul
+  of the joined cotangents.
+  """
+  return tuple(v @ k for k in jnp.split(kernel, num_gates, axis=-1))
+
+
+@_split_matmul.defjvp
+def _split_matmul_jvp(num_gates, primals, tangents):
+  v, kernel = primals
+  d_v, d_kernel = tangents
+  outputs = _split_matmul(v, kernel, num_gates)
+  d_outputs = tuple(d_v @ k + d_vk for k, d_vk in zip(
+      jnp.split(kernel, num_gates, axis=-1), jnp.split(v @ d_kernel, num_gates, axis=-1)))
+  return outputs, d_outputs
 
 
 def project_gates(x: Array, kernel: Array, mask: Optional[Array], num_gates: int) -> Array:

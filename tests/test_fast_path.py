@@ -175,3 +175,30 @@ def test_unroll_together_equals_separate_unrolls(fast):
 
   _assert_close(jax.value_and_grad(lambda *a: loss(True, *a), argnums=(0, 1, 2))(p_f, p_b, x),
                 jax.value_and_grad(lambda *a: loss(False, *a), argnums=(0, 1, 2))(p_f, p_b, x))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "shared", "per_gate"])
+def test_gate_matmuls_derivatives_equal_plain_matmuls(mask_kind):
+  # `cells.gate_matmuls` has a custom JVP (one kernel matmul in its transpose); its
+  # forward- and reverse-mode derivatives must be those of the plain per-gate matmuls.
+  rng = np.random.RandomState(5)
+  v = jnp.asarray(rng.randn(2, BATCH, FEATURES).astype(np.float32))  # batch shape [2, 3]
+  kernel = jnp.asarray(rng.randn(FEATURES, 4 * UNITS).astype(np.float32))
+  masks = {"none": None,
+           "shared": jnp.asarray(rng.rand(1, 2, BATCH, FEATURES).astype(np.float32)),
+           "per_gate": jnp.asarray(rng.rand(4, 2, BATCH, FEATURES).astype(np.float32))}
+  mask = masks[mask_kind]
+
+  def fast(v, kernel):
+    return jnp.stack(cells.gate_matmuls(v, kernel, mask, 4))
+
+  def plain(v, kernel):
+    gate_masks = [None] * 4 if mask is None else [mask[min(g, mask.shape[0] - 1)]
+                                                  for g in range(4)]
+    return jnp.stack([(v if m is None else v * m) @ k
+                      for m, k in zip(gate_masks, jnp.split(kernel, 4, axis=-1))])
+
+  np.testing.assert_array_equal(fast(v, kernel), plain(v, kernel))
+  for derivative in (jax.jacrev, jax.jacfwd):
+    _assert_close(derivative(fast, argnums=(0, 1))(v, kernel),
+                  derivative(plain, argnums=(0, 1))(v, kernel))
