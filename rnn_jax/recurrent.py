@@ -199,7 +199,7 @@ def _scan(step, params, carry, xs, consts, *, fast: bool, unroll: int):
 
 
 def _split_gates(params: Params, num_gates: int, units: int):
-  """Each parameter fused over gates ([..., G*units]) as a tuple of per-gate arrays.
+  """Each parameter fused over gates ([..., G*units]) as a `_Gates` tuple of per-gate arrays.
 
   Inside the loop `_join_gates` concatenates them again, so the cell sees its usual
   parameters, and XLA reads the cell's per-gate slices as the arrays themselves: no
@@ -207,15 +207,33 @@ def _split_gates(params: Params, num_gates: int, units: int):
   """
   def split(a):
     if num_gates > 1 and a.shape[-1] == num_gates * units:
-      return tuple(jnp.split(a, num_gates, axis=-1))
+      return _Gates(jnp.split(a, num_gates, axis=-1))
     return a
   return jax.tree_util.tree_map(split, params)
 
 
+class _Gates(tuple):
+  """One parameter split over gates by `_split_gates`: a tuple of per-gate arrays."""
+
+
+jax.tree_util.register_pytree_node(_Gates, lambda g: (tuple(g), None), lambda _, xs: _Gates(xs))
+
+
+def _is_gates(a) -> bool:
+  return isinstance(a, _Gates)
+
+
 def _join_gates(loop_params):
   return jax.tree_util.tree_map(
-      lambda a: jnp.concatenate(a, axis=-1) if isinstance(a, tuple) else a, loop_params,
-      is_leaf=lambda a: isinstance(a, tuple))
+      lambda a: jnp.concatenate(a, axis=-1) if _is_gates(a) else a, loop_params,
+      is_leaf=_is_gates)
+
+
+def _split_like(joined, loop_params):
+  """`_join_gates`'s inverse: split each joined array as the loop's parameters are."""
+  return jax.tree_util.tree_map(
+      lambda like, a: _Gates(jnp.split(a, len(like), axis=-1)) if _is_gates(like) else a,
+      loop_params, joined, is_leaf=_is_gates)
 
 
 def _tree_add(a, b):
@@ -230,8 +248,9 @@ def scan_with_recompute(step, params, carry, xs, consts, *, unroll: int = 1):
   stacked over time, `mask` (or None) and `consts` (the dropout masks) are not
   differentiated. The backward pass is one reverse scan: at each step `jax.vjp` of
   `step` at the saved carry recomputes the step and gives the cotangents of the
-  previous carry, of x_t and of the parameters, which the scan accumulates. Generic:
-  any cell, any masking, any dropout.
+  previous carry, of x_t and of the parameters, which the scan accumulates (a
+  parameter split over gates by `_split_gates` joined, one add rather than one per
+  gate). Generic: any cell, any masking, any dropout.
   """
 
   def loop(params, carry, xs, consts):
@@ -254,12 +273,13 @@ def scan_with_recompute(step, params, carry, xs, consts, *, unroll: int = 1):
       carry, (x_t, mask_t), d_y = inputs
       _, step_vjp = jax.vjp(lambda p, c, x: step(p, c, (x, mask_t), consts), params, carry, x_t)
       d_params_t, d_carry, d_x = step_vjp((d_new_carry, d_y))
-      return (d_carry, _tree_add(d_params, d_params_t)), d_x
+      # Per-gate gradients are accumulated joined: one add per parameter, not per gate.
+      return (d_carry, _tree_add(d_params, _join_gates(d_params_t))), d_x
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, _join_gates(params))
     (d_carry0, d_params), d_xs = jax.lax.scan(body, (d_carry, zeros), (carries, xs, d_ys),
                                               reverse=True, unroll=unroll)
-    return d_params, d_carry0, (d_xs, None), None
+    return _split_like(d_params, params), d_carry0, (d_xs, None), None
 
   scan = jax.custom_vjp(loop)
   scan.defvjp(fwd, bwd)
