@@ -27,6 +27,7 @@ import time
 from absl import flags
 
 from benchmarks import tasks as tasks_lib
+from benchmarks.lecture_generator import lecture_generator
 from rnn_jax import errors
 from rnn_jax.errors import UserError
 
@@ -148,29 +149,6 @@ def _in_subprocess(spec: str, steps: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- sampler
-
-def lecture_generator(data, lookback, delay, min_index, max_index, shuffle=False,
-                      batch_size=128, step=6):
-  """The lecture's generator (Chollet, Deep Learning with Python, 1st ed., section 6.3)."""
-  import numpy as np
-  if max_index is None:
-    max_index = len(data) - delay - 1
-  i = min_index + lookback
-  while 1:
-    if shuffle:
-      rows = np.random.randint(min_index + lookback, max_index, size=batch_size)
-    else:
-      if i + batch_size >= max_index:
-        i = min_index + lookback
-      rows = np.arange(i, min(i + batch_size, max_index))
-      i += len(rows)
-    samples = np.zeros((len(rows), lookback // step, data.shape[-1]))
-    targets = np.zeros((len(rows),))
-    for j, row in enumerate(rows):
-      indices = range(rows[j] - lookback, rows[j], step)
-      samples[j] = data[indices]
-      targets[j] = data[rows[j] + delay][1]
-    yield samples, targets
 
 
 def time_sampler(num_batches: int = 50, rounds: int = 7) -> list[dict]:

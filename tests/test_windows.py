@@ -5,32 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from benchmarks.lecture_generator import lecture_generator
 from rnn_jax.data import windows
 from rnn_jax.errors import UserError
-
-
-def lecture_generator(rng, data, lookback, delay, min_index, max_index, shuffle=False,
-                      batch_size=128, step=6, target=1):
-  """Chollet, DLwP 1st ed. §6.3, word for word but for `rng.integers` in place of
-  `np.random.randint` (so both sides can share draws) and the target column."""
-  if max_index is None:
-    max_index = len(data) - delay - 1
-  i = min_index + lookback
-  while 1:
-    if shuffle:
-      rows = rng.integers(min_index + lookback, max_index, size=batch_size)
-    else:
-      if i + batch_size >= max_index:
-        i = min_index + lookback
-      rows = np.arange(i, min(i + batch_size, max_index))
-      i += len(rows)
-    samples = np.zeros((len(rows), lookback // step, data.shape[-1]))
-    targets = np.zeros((len(rows),))
-    for j, row in enumerate(rows):
-      indices = range(rows[j] - lookback, rows[j], step)
-      samples[j] = data[indices]
-      targets[j] = data[rows[j] + delay][target]
-    yield samples, targets
 
 
 def _data(rows, features=3, seed=0):
@@ -56,8 +33,8 @@ def _check_same(ours, theirs, n):
 def test_train_batches_are_the_lecture_generator_with_the_same_draws():
   data = _data(400)
   batches = _batches(data)
-  theirs = lecture_generator(np.random.default_rng([7, 2]), data, 24, 6, 0, 200,
-                             shuffle=True, batch_size=8, step=3)
+  theirs = lecture_generator(data, 24, 6, 0, 200, shuffle=True, batch_size=8, step=3,
+                             rng=np.random.default_rng([7, 2]))
   _check_same(batches.train(seed=7, epoch=2), theirs, 5)
 
 
@@ -66,16 +43,16 @@ def test_val_and_test_walk_rows_in_order_as_the_lecture_with_its_step_counts():
   batches = _batches(data)
   assert batches.val_steps == (300 - 201 - 24) // 8
   assert batches.test_steps == (400 - 301 - 24) // 8
-  _check_same(batches.val(), lecture_generator(None, data, 24, 6, 201, 300, batch_size=8,
+  _check_same(batches.val(), lecture_generator(data, 24, 6, 201, 300, batch_size=8,
                                                step=3), batches.val_steps)
-  _check_same(batches.test(), lecture_generator(None, data, 24, 6, 301, None, batch_size=8,
+  _check_same(batches.test(), lecture_generator(data, 24, 6, 301, None, batch_size=8,
                                                 step=3), batches.test_steps)
 
 
 def test_ordered_walk_restarts_as_the_lecture_past_one_pass():
   data = _data(400)
   batches = _batches(data, val_steps=25)  # three passes over the validation rows
-  _check_same(batches.val(), lecture_generator(None, data, 24, 6, 201, 300, batch_size=8,
+  _check_same(batches.val(), lecture_generator(data, 24, 6, 201, 300, batch_size=8,
                                                step=3), 25)
 
 
