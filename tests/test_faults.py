@@ -86,7 +86,9 @@ def test_sigkill_at_random_times(tmp_path, uninterrupted, seed):
                                env=runs.environment(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     try:
-      process.wait(timeout=rng.uniform(3.0, 8.0))
+      # Each attempt waits a second longer, so that a slow (loaded) machine still gets
+      # past start-up and compilation and the run finishes in the end.
+      process.wait(timeout=rng.uniform(3.0, 8.0) + attempt)
     except subprocess.TimeoutExpired:
       process.kill()
     _, stderr = process.communicate()
