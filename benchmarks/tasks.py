@@ -41,6 +41,19 @@ TASKS = {t.name: t for t in [
 ]}
 
 
+def layer_stack(layers, task: Task) -> list:
+  """The task's model as a list of layers from `layers`, a module with Keras's layer
+  API (`keras.layers` or `rnn_jax.layers`): [Embedding] -> recurrent layers -> Dense(1)."""
+  stack = [layers.Embedding(VOCAB, 32)] if task.data == "imdb" else []
+  for kind, units, options in task.recurrent:
+    if kind == "bilstm":
+      stack.append(layers.Bidirectional(layers.LSTM(units, **options)))
+    else:
+      stack.append({"gru": layers.GRU, "lstm": layers.LSTM}[kind](units, **options))
+  stack.append(layers.Dense(1, activation="sigmoid" if task.loss == "bce" else None))
+  return stack
+
+
 def inputs(task: Task, seed: int = 0, batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
   """(x, y) for one training batch, the same in every framework."""
   rng = np.random.default_rng(seed)

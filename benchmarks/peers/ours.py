@@ -5,21 +5,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks.tasks import LEARNING_RATE, VOCAB, Task
+from benchmarks.tasks import LEARNING_RATE, Task, layer_stack
 from rnn_jax import layers, optim
 
 
 def model(task: Task) -> layers.Sequential:
-  stack = []
-  if task.data == "imdb":
-    stack.append(layers.Embedding(VOCAB, 32))
-  for kind, units, options in task.recurrent:
-    if kind == "bilstm":
-      stack.append(layers.Bidirectional(layers.LSTM(units, **options)))
-    else:
-      stack.append({"gru": layers.GRU, "lstm": layers.LSTM}[kind](units, **options))
-  stack.append(layers.Dense(1, "sigmoid" if task.loss == "bce" else None))
-  return layers.Sequential(stack)
+  return layers.Sequential(layer_stack(layers, task))
 
 
 def loss_fn(name: str, pred: jax.Array, y: jax.Array) -> jax.Array:
