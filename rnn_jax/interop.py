@@ -12,7 +12,7 @@ Neither Keras nor PyTorch is imported until a converter needs it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
