@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -77,9 +77,13 @@ class Embedding:
     return {"embeddings": table}, (*input_shape, self.output_dim)
 
   def apply(self, params, x, mask=None, *, training=False, key=None):
+    y, mask = self.apply_embedded(params, x, mask)
+    return y.lookup(), mask
+
+  def apply_embedded(self, params, x, mask=None) -> tuple[recurrent.Embedded, Any]:
+    """`apply` with the lookup left to the consumer: (Embedded(table, ids), mask)."""
     ids = x.astype(jnp.int32)
-    y = jnp.take(params["embeddings"], ids, axis=0)
-    return y, (ids != 0) if self.mask_zero else mask
+    return recurrent.Embedded(params["embeddings"], ids), (ids != 0) if self.mask_zero else mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +117,8 @@ class Dropout:
 class RNN:
   """A recurrent layer: a `Cell` unrolled by `rnn_jax.recurrent.unroll`.
 
-  <float32>[batch, time, features] -> [batch, time, units] with `return_sequences`, else
-  [batch, units]. With `return_state` the output is `(y, *carry_leaves)` as in Keras
+  <float32>[batch, time, features] (or `recurrent.Embedded`) -> [batch, time, units]
+  with `return_sequences`, else [batch, units]. With `return_state` the output is `(y, *carry_leaves)` as in Keras
   (`(y, h)` for GRU and SimpleRNN, `(y, h, c)` for LSTM); use it as a stack's last layer.
   """
   cell: cells.Cell
@@ -126,6 +130,7 @@ class RNN:
   recurrent_dropout: float = 0.0
   zero_output_for_mask: bool = False
   unroll: int = 1
+  takes_embedded: ClassVar[bool] = True  # see `Sequential`
 
   def init(self, key, input_shape: Shape):
     time, features = input_shape[-2], input_shape[-1]
@@ -189,6 +194,7 @@ class Bidirectional:
   merge_mode: Optional[str] = "concat"
   backward_layer: Optional[RNN] = None
   zero_output_for_mask: bool = True
+  takes_embedded: ClassVar[bool] = True  # see `Sequential`
 
   def __post_init__(self):
     if self.merge_mode not in MERGE_MODES:
@@ -262,7 +268,10 @@ class Sequential:
   `y = model.apply(params, x, training=False, key=None)`.
 
   Params are a tuple with one entry per layer. Each layer that draws random numbers
-  gets `fold_in(key, layer_index)`.
+  gets `fold_in(key, layer_index)`. An `Embedding` followed by a recurrent layer hands
+  it the table and the ids (`recurrent.Embedded`) rather than the looked-up vectors:
+  the unroll projects the table once instead of every token at every step (the same
+  values, half the loop's arithmetic).
   """
   layers: tuple
 
@@ -278,7 +287,11 @@ class Sequential:
     return tuple(params)
 
   def apply(self, params, x, *, training: bool = False, key=None, mask=None):
-    for i, (layer, p) in enumerate(zip(self.layers, params)):
+    following = self.layers[1:] + (None,)
+    for i, (layer, p, after) in enumerate(zip(self.layers, params, following)):
+      if isinstance(layer, Embedding) and getattr(after, "takes_embedded", False):
+        x, mask = layer.apply_embedded(p, x, mask)
+        continue
       layer_key = None if key is None else jax.random.fold_in(key, i)
       x, mask = layer.apply(p, x, mask, training=training, key=layer_key)
     return x

@@ -18,6 +18,10 @@ in how many there are and in how much memory they touch, not in arithmetic.
   * Cells do one matmul per gate and parameters enter the loop split per gate (see
     `cells.gate_matmuls`, `_split_gates`): XLA's CPU code for a fusion that reads several
     column slices of one array is several times slower than for separate arrays.
+  * Token inputs (`Embedded`: an embedding table and ids) are projected once, as the
+    table: the loop gathers each step's projected rows, and the backward pass adds the
+    rows' cotangents into the table's gradient. This drops the input matmuls from the
+    forward, the recomputation and the backward pass: imdb_lstm's step -28%.
   * `unroll` > 1 helps a single GRU a little but slows the others and compiles longer,
     so it stays 1 by default. Bidirectional layers run both directions in one loop
     (`unroll_together`).
@@ -65,6 +69,28 @@ def sequence_dropout_masks(cell: Cell, key: Optional[Array], batch_shape, input_
   return input_mask, recurrent_mask
 
 
+class Embedded(NamedTuple):
+  """Inputs given as rows of a table, not yet looked up: inputs[b, t] = table[ids[b, t]].
+
+  What an `Embedding` hands a recurrent layer (see `layers.Sequential`): `unroll`
+  then projects the table through the cell's input kernel once, instead of every
+  token at every step. The same values as `jnp.take(table, ids, axis=0)`.
+  """
+  table: Array  # <float32>[vocab, features]
+  ids: Array    # <int32>[batch, time]
+
+  @property
+  def shape(self):
+    return (*self.ids.shape, self.table.shape[-1])
+
+  @property
+  def dtype(self):
+    return self.table.dtype
+
+  def lookup(self) -> Array:
+    return jnp.take(self.table, self.ids, axis=0)
+
+
 def unroll(cell: Cell, params: Params, inputs: Array, *,
            initial_carry: Any = None,
            mask: Optional[Array] = None,
@@ -82,7 +108,7 @@ def unroll(cell: Cell, params: Params, inputs: Array, *,
   Args:
     cell: a `rnn_jax.cells.Cell`.
     params: the cell's parameters.
-    inputs: <float32>[batch, time, features].
+    inputs: <float32>[batch, time, features], or `Embedded(table, ids)`.
     initial_carry: the cell's carry for the first step; zeros by default.
     mask: <bool>[batch, time], False at padded steps. A masked step carries the state
       through unchanged and repeats the previous output (zeros with
@@ -103,15 +129,13 @@ def unroll(cell: Cell, params: Params, inputs: Array, *,
     (outputs, final_carry): outputs <float32>[batch, time, units] with
     `return_sequences`, else <float32>[batch, units].
   """
-  loop = _loop(cell, params, inputs, initial_carry=initial_carry, mask=mask,
-               go_backwards=go_backwards, return_sequences=return_sequences,
-               zero_output_for_mask=zero_output_for_mask, dropout=dropout,
-               recurrent_dropout=recurrent_dropout, training=training, key=key)
-  if fast is None:
-    fast = cell.num_gates > 1
-  carry, ys = _scan(loop.step, loop.params, loop.carry, loop.xs, loop.consts, fast=fast,
-                    unroll=unroll)
-  return loop.finish(carry, ys)
+  [result] = unroll_together([dict(
+      cell=cell, params=params, inputs=inputs, initial_carry=initial_carry, mask=mask,
+      go_backwards=go_backwards, return_sequences=return_sequences,
+      zero_output_for_mask=zero_output_for_mask, dropout=dropout,
+      recurrent_dropout=recurrent_dropout, training=training, key=key)],
+      unroll=unroll, fast=fast)
+  return result
 
 
 def unroll_together(calls: Sequence[dict], *, unroll: int = 1,
@@ -133,24 +157,32 @@ def unroll_together(calls: Sequence[dict], *, unroll: int = 1,
     return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
 
   xs = (tuple(loop.xs[0] for loop in loops), tuple(loop.xs[1] for loop in loops))
+  tables = tuple(loop.table for loop in loops)
   carry, ys = _scan(step, tuple(loop.params for loop in loops),
                     tuple(loop.carry for loop in loops), xs,
-                    tuple(loop.consts for loop in loops), fast=fast, unroll=unroll)
+                    tuple(loop.consts for loop in loops),
+                    None if all(t is None for t in tables) else tables,
+                    fast=fast, unroll=unroll)
   return [loop.finish(c, y) for loop, c, y in zip(loops, carry, ys)]
 
 
 class _Loop(NamedTuple):
   """What `unroll` scans: step(params, carry, (x_t, mask_t), consts) -> (carry, y_t) over
-  xs = (x, mask) time-major, and finish(carry, ys) -> (outputs, final_carry)."""
+  xs = (x, mask) time-major, and finish(carry, ys) -> (outputs, final_carry).
+
+  With a `table` (embedded inputs), x holds row ids and the step sees table[x_t]: the
+  projected inputs, which it passes to the cell's recurrence as they are.
+  """
   step: Callable
   params: Any
   carry: Any
   xs: tuple
   consts: Any
   finish: Callable
+  table: Optional[Array] = None
 
 
-def _loop(cell: Cell, params: Params, inputs: Array, *, initial_carry=None, mask=None,
+def _loop(cell: Cell, params: Params, inputs, *, initial_carry=None, mask=None,
           go_backwards=False, return_sequences=False, zero_output_for_mask=False,
           dropout=0.0, recurrent_dropout=0.0, training=False, key=None) -> _Loop:
   batch, _, input_size = inputs.shape
@@ -160,7 +192,16 @@ def _loop(cell: Cell, params: Params, inputs: Array, *, initial_carry=None, mask
       cell, key, (batch,), input_size, units, dropout, recurrent_dropout, training,
       inputs.dtype)
 
-  xs = jnp.swapaxes(inputs, 0, 1)  # [time, batch, features]
+  table = None
+  if isinstance(inputs, Embedded):
+    if dropout_masks[0] is None:  # project the table once; the loop gathers its rows
+      # table <float32>[vocab + 1, gates*units], xs <int32>[time, batch] its row ids
+      table, ids = _table_rows(cell.project(params, inputs.table), inputs.ids)
+      xs = jnp.swapaxes(ids, 0, 1)
+    else:  # input dropout masks each sequence's vectors before the projection
+      xs = jnp.swapaxes(inputs.lookup(), 0, 1)
+  else:
+    xs = jnp.swapaxes(inputs, 0, 1)  # [time, batch, features]
   step_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)[..., None].astype(bool)
   if go_backwards:
     xs = xs[::-1]
@@ -171,8 +212,8 @@ def _loop(cell: Cell, params: Params, inputs: Array, *, initial_carry=None, mask
     params = _join_gates(loop_params)
     x_t, mask_t = xs_t
     input_mask, recurrent_mask = dropout_masks
-    new_carry, y = cell.recurrent(params, carry, cell.project(params, x_t, input_mask),
-                                  recurrent_mask)
+    xw_t = x_t if table is not None else cell.project(params, x_t, input_mask)
+    new_carry, y = cell.recurrent(params, carry, xw_t, recurrent_mask)
     if mask_t is not None:  # a padded step keeps the carry and repeats the output (or 0)
       new_carry = jax.tree_util.tree_map(lambda n, o: jnp.where(mask_t, n, o), new_carry, carry)
       y = cell.hidden(new_carry)
@@ -189,12 +230,34 @@ def _loop(cell: Cell, params: Params, inputs: Array, *, initial_carry=None, mask
     return last, carry
 
   return _Loop(step, _split_gates(params, cell.num_gates, units), carry, (xs, step_mask),
-               dropout_masks, finish)
+               dropout_masks, finish, table)
 
 
-def _scan(step, params, carry, xs, consts, *, fast: bool, unroll: int):
+def _rows(tables, x_t):
+  """The step's inputs: x_t itself, or table[x_t] where x_t holds a table's row ids."""
+  if tables is None:
+    return x_t
+  return tuple(x if t is None else jnp.take(t, x, axis=0, mode="clip")
+               for t, x in zip(tables, x_t))
+
+
+def _table_rows(table: Array, ids: Array) -> tuple[Array, Array]:
+  """(table with a row of NaNs appended, ids with out-of-range ids sent to that row).
+
+  `jnp.take(table, ids, axis=0)`'s values (negative ids count from the end; ids out of
+  range give NaN) through in-bounds row gathers: a gather that checks its bounds at
+  every step costs more than the LSTM step's matmuls.
+  """
+  rows = table.shape[0]
+  ids = jnp.where(ids < 0, ids + rows, ids)
+  ids = jnp.where((ids < 0) | (ids >= rows), rows, ids)
+  return jnp.concatenate([table, jnp.full((1, table.shape[1]), jnp.nan, table.dtype)]), ids
+
+
+def _scan(step, params, carry, xs, consts, tables, *, fast: bool, unroll: int):
   if fast:
-    return scan_with_recompute(step, params, carry, xs, consts, unroll=unroll)
+    return scan_with_recompute(step, params, carry, xs, consts, tables, unroll=unroll)
+  xs = (_rows(tables, xs[0]), xs[1])  # the reference: rows gathered before the loop
   return jax.lax.scan(lambda c, xs_t: step(params, c, xs_t, consts), carry, xs, unroll=unroll)
 
 
@@ -240,7 +303,7 @@ def _tree_add(a, b):
   return jax.tree_util.tree_map(jnp.add, a, b)
 
 
-def scan_with_recompute(step, params, carry, xs, consts, *, unroll: int = 1):
+def scan_with_recompute(step, params, carry, xs, consts, tables=None, *, unroll: int = 1):
   """`lax.scan(lambda c, xs_t: step(params, c, xs_t, consts), carry, xs)`, with a
   backward pass that saves only the carries.
 
@@ -251,36 +314,48 @@ def scan_with_recompute(step, params, carry, xs, consts, *, unroll: int = 1):
   previous carry, of x_t and of the parameters, which the scan accumulates (a
   parameter split over gates by `_split_gates` joined, one add rather than one per
   gate). Generic: any cell, any masking, any dropout.
+
+  tables: None, or one entry per element of the tuple x: None where x holds the
+  inputs themselves, a table <float32>[rows, ...] where x holds row ids <int32>[time,
+  ...]; the step then sees table[x_t], and the backward scan adds each step's
+  cotangent rows into the table's gradient (a scatter-add of [batch, ...] per step).
   """
 
-  def loop(params, carry, xs, consts):
-    return jax.lax.scan(lambda c, xs_t: step(params, c, xs_t, consts), carry, xs,
-                        unroll=unroll)
+  def loop(params, carry, xs, consts, tables):
+    return jax.lax.scan(
+        lambda c, xs_t: step(params, c, (_rows(tables, xs_t[0]), xs_t[1]), consts), carry,
+        xs, unroll=unroll)
 
-  def fwd(params, carry, xs, consts):
+  def fwd(params, carry, xs, consts, tables):
     def body(c, xs_t):
-      new_carry, y = step(params, c, xs_t, consts)
+      new_carry, y = step(params, c, (_rows(tables, xs_t[0]), xs_t[1]), consts)
       return new_carry, (y, c)
     carry, (ys, carries) = jax.lax.scan(body, carry, xs, unroll=unroll)
-    return (carry, ys), (params, carries, xs, consts)
+    return (carry, ys), (params, carries, xs, consts, tables)
 
   def bwd(saved, cotangents):
-    params, carries, xs, consts = saved
+    params, carries, xs, consts, tables = saved
     d_carry, d_ys = cotangents
 
     def body(accumulated, inputs):
-      d_new_carry, d_params = accumulated
+      d_new_carry, d_params, d_tables = accumulated
       carry, (x_t, mask_t), d_y = inputs
-      _, step_vjp = jax.vjp(lambda p, c, x: step(p, c, (x, mask_t), consts), params, carry, x_t)
+      _, step_vjp = jax.vjp(lambda p, c, x: step(p, c, (x, mask_t), consts), params, carry,
+                            _rows(tables, x_t))
       d_params_t, d_carry, d_x = step_vjp((d_new_carry, d_y))
       # Per-gate gradients are accumulated joined: one add per parameter, not per gate.
-      return (d_carry, _tree_add(d_params, _join_gates(d_params_t))), d_x
+      d_params = _tree_add(d_params, _join_gates(d_params_t))
+      if tables is not None:  # a table's rows take their cotangents; ids have none
+        d_tables = tuple(d if t is None else d.at[x].add(dx, mode="promise_in_bounds")
+                         for t, d, x, dx in zip(tables, d_tables, x_t, d_x))
+        d_x = tuple(dx if t is None else None for t, dx in zip(tables, d_x))
+      return (d_carry, d_params, d_tables), d_x
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, _join_gates(params))
-    (d_carry0, d_params), d_xs = jax.lax.scan(body, (d_carry, zeros), (carries, xs, d_ys),
-                                              reverse=True, unroll=unroll)
-    return _split_like(d_params, params), d_carry0, (d_xs, None), None
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, (_join_gates(params), tables))
+    (d_carry0, d_params, d_tables), d_xs = jax.lax.scan(
+        body, (d_carry, *zeros), (carries, xs, d_ys), reverse=True, unroll=unroll)
+    return _split_like(d_params, params), d_carry0, (d_xs, None), None, d_tables
 
   scan = jax.custom_vjp(loop)
   scan.defvjp(fwd, bwd)
-  return scan(params, carry, xs, consts)
+  return scan(params, carry, xs, consts, tables)
