@@ -1,25 +1,30 @@
-"""Train-step time of N seeds vmapped in one program against one seed (rnn_jax.train).
+"""Train-step time of N seeds trained together against one seed (rnn_jax.train).
 
   python -m benchmarks.seeds [--num_seeds=4] [--steps=10] [--rounds=5] [--batch_size=128]
 
 The lecture's GRU(32) -> Dense(1) on Jena-shaped windows <float32>[batch, 240, 14], MAE
-loss, RMSprop: the very train step `fit` compiles (`train._make_train_step`), for one seed
-(not vmapped) and for --num_seeds seeds (vmapped over the replica axis), on the first
-local device. Each round times --steps steps of each, interleaved; reported are the
-medians over rounds of the per-step time, and their ratio: N seeds cost `ratio` times one
-seed, against N times for N separate runs.
+loss, RMSprop: the very train step `fit` compiles (`train._make_train_step`), on the mesh
+`fit` builds (`train._mesh`), for
+  * one seed, as `--num_seeds=1` runs it (one device; on a CPU, one core);
+  * N seeds as `--num_seeds=N` runs them: vmapped, spread over the devices (on a CPU,
+    `train.cpu_devices_for_seeds` makes one device per core, up to N);
+  * N seeds vmapped on one device (what the replicas cost without the spreading).
+Each round times --steps steps of each, interleaved; reported are the medians over
+rounds of the per-step time, and the ratios to one seed (N separate runs: N).
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
+from typing import Optional
 
 import jax
 import numpy as np
 from absl import flags
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from rnn_jax import errors, layers, metrics, optim, train
 
@@ -32,10 +37,12 @@ _TIME, _FEATURES, _UNITS = 240, 14, 32
 _make_train_step = train._make_train_step  # pylint: disable=protected-access
 _init_params = train._init_params  # pylint: disable=protected-access
 _batch_sharding = train._batch_sharding  # pylint: disable=protected-access
+_replica_sharding = train._replica_sharding  # pylint: disable=protected-access
 
 
-def _variant(num_seeds: int, mesh: Mesh):
+def _variant(num_seeds: int, num_devices: Optional[int]):
   """(step(state) -> state, state) for `num_seeds` replicas, compiled and warmed up."""
+  mesh = train._mesh(num_devices, _BATCH.value, num_seeds)  # pylint: disable=protected-access
   model = layers.Sequential([layers.GRU(_UNITS), layers.Dense(1)])
   optimizer = optim.make("rmsprop", 1e-3)
   step_fn = _make_train_step(model, optimizer, "mae", ("mae",), mesh, num_seeds)
@@ -47,10 +54,13 @@ def _variant(num_seeds: int, mesh: Mesh):
   seeds = list(range(num_seeds))
   params = _init_params(model, _SampleBatches(x[0] if lead else x), seeds)
   replicated = NamedSharding(mesh, PartitionSpec())
-  params = jax.device_put(params, replicated)
-  opt_state = (jax.vmap(optimizer.init) if num_seeds > 1 else optimizer.init)(params)
-  totals = jax.device_put(metrics.zero_totals("mae", ("mae",), num_seeds), replicated)
-  fixed = jax.device_put((np.asarray(seeds if lead else 0, np.int32), np.int32(1)), replicated)
+  replicas = _replica_sharding(mesh, num_seeds)
+  params = jax.device_put(params, replicas)
+  opt_state = jax.device_put(
+      (jax.vmap(optimizer.init) if num_seeds > 1 else optimizer.init)(params), replicas)
+  totals = jax.device_put(metrics.zero_totals("mae", ("mae",), num_seeds), replicas)
+  fixed = (jax.device_put(np.asarray(seeds if lead else 0, np.int32), replicas),
+           jax.device_put(np.int32(1), replicated))
   batch = jax.device_put((x, y, weight), _batch_sharding(mesh, num_seeds))
 
   def step(state):
@@ -62,7 +72,7 @@ def _variant(num_seeds: int, mesh: Mesh):
   compile_s = time.perf_counter() - start
   for _ in range(2):
     state = step(state)
-  return step, jax.block_until_ready(state), compile_s
+  return step, jax.block_until_ready(state), compile_s, mesh.devices.size
 
 
 class _SampleBatches:
@@ -86,30 +96,38 @@ def _time(step, state, steps: int):
 
 def main(argv):
   del argv
-  mesh = Mesh(np.array(jax.local_devices()[:1]), ("data",))
-  variants = {n: _variant(n, mesh) for n in (1, _NUM_SEEDS.value)}
-  states = {n: v[1] for n, v in variants.items()}
-  per_step = {n: [] for n in variants}
-  for _ in range(_ROUNDS.value):
-    for n, (step, _, _) in variants.items():
-      seconds, states[n] = _time(step, states[n], _STEPS.value)
-      per_step[n].append(seconds)
-  median = {n: statistics.median(times) for n, times in per_step.items()}
   n = _NUM_SEEDS.value
+  train.cpu_devices_for_seeds(n)  # as `--num_seeds=n` does, before JAX computes
+  names = {"1": (1, 1), f"{n}": (n, None), f"{n}_one_device": (n, 1)}
+  variants = {name: _variant(*spec) for name, spec in names.items()}
+  states = {name: v[1] for name, v in variants.items()}
+  per_step = {name: [] for name in variants}
+  for _ in range(_ROUNDS.value):
+    for name, (step, _, _, _) in variants.items():
+      seconds, states[name] = _time(step, states[name], _STEPS.value)
+      per_step[name].append(seconds)
+  median = {name: statistics.median(times) for name, times in per_step.items()}
   report = {"device": str(jax.local_devices()[0].device_kind), "platform": platform.platform(),
-            "shape": [_BATCH.value, _TIME, _FEATURES], "model": f"GRU({_UNITS})->Dense(1)",
-            "steps": _STEPS.value, "rounds": _ROUNDS.value,
-            "compile_s": {str(k): round(v[2], 3) for k, v in variants.items()},
-            "step_ms_median": {str(k): round(1e3 * v, 3) for k, v in median.items()},
-            "step_ms_rounds": {str(k): [round(1e3 * t, 3) for t in v]
-                               for k, v in per_step.items()},
-            "ratio": round(median[n] / median[1], 3)}
+            "cores": os.cpu_count(), "shape": [_BATCH.value, _TIME, _FEATURES],
+            "model": f"GRU({_UNITS})->Dense(1)", "steps": _STEPS.value,
+            "rounds": _ROUNDS.value,
+            "devices": {name: v[3] for name, v in variants.items()},
+            "compile_s": {name: round(v[2], 3) for name, v in variants.items()},
+            "step_ms_median": {name: round(1e3 * v, 3) for name, v in median.items()},
+            "step_ms_rounds": {name: [round(1e3 * t, 3) for t in v]
+                               for name, v in per_step.items()},
+            "ratio": round(median[f"{n}"] / median["1"], 3),
+            "ratio_one_device": round(median[f"{n}_one_device"] / median["1"], 3)}
   print(json.dumps(report))
-  print(f"\n| seeds | step (ms, median of {_ROUNDS.value}) | per seed (ms) |\n|---|---|---|")
-  for k, seconds in median.items():
-    print(f"| {k} | {1e3 * seconds:.1f} | {1e3 * seconds / k:.1f} |")
-  print(f"\n{n} seeds vmapped take {report['ratio']:.2f}x the time of one seed "
-        f"(separate runs: {n}x) on {report['device']}")
+  print(f"\n| seeds | devices | step (ms, median of {_ROUNDS.value}) | per seed (ms) | "
+        f"x one seed |\n|---|---|---|---|---|")
+  for name, seconds in median.items():
+    seeds, devices = names[name][0], report["devices"][name]
+    print(f"| {seeds} | {devices} | {1e3 * seconds:.1f} | {1e3 * seconds / seeds:.1f} | "
+          f"{seconds / median['1']:.2f} |")
+  print(f"\n--num_seeds={n} takes {report['ratio']:.2f}x the time of one seed "
+        f"({report['ratio_one_device']:.2f}x vmapped on one device; separate runs: {n}x) "
+        f"on {report['device']}, {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -304,9 +304,13 @@ def run_model(problem: Problem, plan: Plan) -> dict:
                        extra_results=problem.extra_results(batches))
     results, params = fitted.results, fitted.params
     apply_fn = lambda p, x: model.apply(p, x, training=False)
+    if options.num_seeds > 1:  # params stacked over replicas: plot their mean forecast
+      apply_one = apply_fn
+      apply_fn = lambda p, x: jax.vmap(apply_one, in_axes=(0, None))(p, x).mean(axis=0)
+  seeds = f", mean of {options.num_seeds} seeds" if options.num_seeds > 1 else ""
   plot_predictions(problem, batches, apply_fn, params, workdir / "predictions.png",
                    title=f"{model_name}: forecasts {batches.delay} rows ahead, first "
-                         f"validation rows", with_naive=spec.build is not None)
+                         f"validation rows{seeds}", with_naive=spec.build is not None)
   return results
 
 

@@ -90,7 +90,7 @@ def make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: 
   With num_seeds > 1, params and totals have a leading replica axis and every replica
   evaluates the same batch (vmapped inside the one compiled step).
   """
-  replicated = NamedSharding(mesh, PartitionSpec())
+  replicas = NamedSharding(mesh, PartitionSpec("seed") if num_seeds > 1 else PartitionSpec())
   data = NamedSharding(mesh, PartitionSpec("data"))
 
   def eval_step(params, totals, x, y, weight):
@@ -99,8 +99,8 @@ def make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: 
 
   if num_seeds > 1:
     eval_step = jax.vmap(eval_step, in_axes=(0, 0, None, None, None))
-  return jax.jit(eval_step, in_shardings=(replicated, replicated, data, data, data),
-                 out_shardings=replicated, donate_argnums=(1,))
+  return jax.jit(eval_step, in_shardings=(replicas, replicas, data, data, data),
+                 out_shardings=replicas, donate_argnums=(1,))
 
 
 def run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=None,
@@ -110,8 +110,8 @@ def run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=No
   Returns a dict, or with `num_seeds` a list of one dict per replica.
   """
   data = NamedSharding(mesh, PartitionSpec("data"))
-  totals = distributed.put(zero_totals(loss, metrics, num_seeds or 1),
-                           NamedSharding(mesh, PartitionSpec()))
+  totals = distributed.put(zero_totals(loss, metrics, num_seeds or 1), NamedSharding(
+      mesh, PartitionSpec("seed") if (num_seeds or 1) > 1 else PartitionSpec()))
   for batch in itertools.islice(batches, steps):
     totals = eval_step(params, totals, *distributed.put(batch, data))
   totals = jax.device_get(totals)
@@ -128,7 +128,7 @@ def evaluate(apply_fn: Callable, params, batches: Iterable, *, loss: str,
   the first local device. Returns {"loss": ..., **metrics} (+ "mae_<unit>").
   """
   check_names(loss, metrics)
-  mesh = Mesh(np.array(jax.local_devices()[:1]), ("data",))
+  mesh = Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1), ("seed", "data"))
   eval_step = make_eval_step(apply_fn, loss, tuple(metrics), mesh)
   values = run_eval(eval_step, params, batches, loss, metrics, mesh, steps)
   return with_units(values, target_unit)

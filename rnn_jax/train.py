@@ -20,8 +20,11 @@ Many seeds: `--num_seeds=N` trains N independent replicas in one compiled progra
 `r` exactly as a run with `--seed=seed+r` (its own initialisation, dropout keys and batch
 order; the same data, validation and test batches). Parameters, optimizer state and
 accumulators get a leading replica axis and the train step is `jax.vmap`ped inside the
-jitted, sharded step (the batch <[N, batch, ...]> is split over 'data' on its second
-axis); with N = 1 nothing is vmapped. results.json then holds every replica's results
+jitted, sharded step; with N = 1 nothing is vmapped. The mesh is ('seed', 'data'): the
+replicas are spread over the devices first (gcd(N, devices) of them; no communication
+between replicas), the rest split each batch <[N, batch, ...]> on its second axis. On a
+CPU, where XLA runs one device's program on one core, `TrainOptions.from_flags` makes
+one CPU device per core for the replicas (up to N; see `cpu_devices_for_seeds`). results.json then holds every replica's results
 under "replicas", their "mean" and "std" (sample standard deviation, ddof=1), and at the
 top level the mean history, val and test over replicas, with "best_epoch" the list of
 the replicas' best epochs.
@@ -84,8 +87,9 @@ def define_flags(**defaults) -> flags.FlagValues:
     flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm.")
     flags.DEFINE_bool("resume", False, "Continue from the workdir's latest checkpoint.")
     flags.DEFINE_bool("overwrite", False, "Replace a finished or interrupted run in the workdir.")
-    flags.DEFINE_integer("num_devices", None, "Data-parallel devices per process (default: "
-                         "all local ones).")
+    flags.DEFINE_integer("num_devices", None, "Devices per process (default: all local "
+                         "ones); --num_seeds replicas are spread over them first, the "
+                         "rest split each batch.")
     flags.DEFINE_integer("num_seeds", 1, "Train this many replicas at once, replica r as "
                          "--seed=seed+r would (vmapped in one program).")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for "
@@ -153,6 +157,8 @@ class TrainOptions:
     _check_flags(values)
     distributed.initialize(values["coordinator_address"], values["num_processes"],
                            values["process_id"])
+    if values["num_processes"] == 1:
+      cpu_devices_for_seeds(values["num_seeds"])
     return cls(
         experiment=experiment, model_name=model_name,
         workdir=workdir or values["workdir"] or os.path.join("runs", experiment, model_name),
@@ -162,6 +168,32 @@ class TrainOptions:
         num_devices=values["num_devices"], num_seeds=values["num_seeds"], flags=recorded,
         steps_per_epoch=values["steps_per_epoch"],
         validation_steps=values["validation_steps"])
+
+
+def cpu_devices_for_seeds(num_seeds: int) -> int:
+  """On a CPU, one device per core for `num_seeds` replicas; returns the devices made.
+
+  XLA runs a device's program on one core, so one seed of the lecture's GRU leaves the
+  other cores idle, and N replicas vmapped on one device cost N times one seed
+  (benchmarks/seeds.py). Made as jax's CPU devices (`jax_num_cpu_devices`): the
+  largest divisor of `num_seeds` that is at most the number of cores, so that every
+  device holds as many replicas. Only before JAX's first computation and when
+  XLA_FLAGS does not already set the number of CPU devices; GPU and TPU backends are
+  untouched. Returns 0 where it changed nothing.
+  """
+  devices = seed_devices(num_seeds, os.cpu_count() or 1)
+  if devices < 2 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return 0
+  try:
+    jax.config.update("jax_num_cpu_devices", devices)
+  except RuntimeError:  # JAX has computed already: keep its devices
+    return 0
+  return devices
+
+
+def seed_devices(num_seeds: int, cores: int) -> int:
+  """The largest divisor of `num_seeds` that is at most `cores`."""
+  return max(d for d in range(1, min(cores, max(num_seeds, 1)) + 1) if num_seeds % d == 0)
 
 
 # ---------------------------------------------------------------------------- results
@@ -268,19 +300,29 @@ def _prepare_workdir(options: TrainOptions) -> Path:
 
 # ----------------------------------------------------------------------------- fit
 
-def _mesh(num_devices: Optional[int], batch_size: int) -> Mesh:
-  """A 1-D mesh ('data',) over the first `num_devices` local devices of every process."""
+def _mesh(num_devices: Optional[int], batch_size: int, num_seeds: int = 1) -> Mesh:
+  """A ('seed', 'data') mesh over the first `num_devices` local devices of every process:
+  gcd(num_seeds, devices) along 'seed', the rest along 'data'."""
   devices = distributed.mesh_devices(num_devices)
-  if batch_size % len(devices):
+  seed_axis = math.gcd(num_seeds, len(devices))
+  data_axis = len(devices) // seed_axis
+  if batch_size % data_axis:
     where = f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""
-    raise UserError(f"--batch_size={batch_size} is not divisible by the {len(devices)} "
-                    f"devices{where} of --num_devices={num_devices or len(devices)}")
-  return Mesh(np.array(devices), ("data",))
+    shared = f" left to the data by {num_seeds} seeds" if seed_axis > 1 else ""
+    raise UserError(f"--batch_size={batch_size} is not divisible by the {data_axis} "
+                    f"devices{where}{shared} of --num_devices={num_devices or len(devices)}")
+  return Mesh(np.array(devices).reshape(seed_axis, data_axis), ("seed", "data"))
 
 
 def _batch_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
-  """Batches split over 'data' on their batch axis (the second one when stacked per seed)."""
-  return NamedSharding(mesh, PartitionSpec(*([None] if num_seeds > 1 else []), "data"))
+  """Batches split over 'data' on their batch axis (stacked per seed: over 'seed' first)."""
+  return NamedSharding(mesh, PartitionSpec(*(["seed"] if num_seeds > 1 else []), "data"))
+
+
+def _replica_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
+  """Per-replica state (params, optimizer state, totals): split over 'seed' on its
+  leading replica axis; one seed's is replicated."""
+  return NamedSharding(mesh, PartitionSpec("seed") if num_seeds > 1 else PartitionSpec())
 
 
 def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
@@ -295,6 +337,7 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
   step is vmapped over it.
   """
   replicated = NamedSharding(mesh, PartitionSpec())
+  replicas = _replica_sharding(mesh, num_seeds)
   data = _batch_sharding(mesh, num_seeds)
 
   def train_step(params, opt_state, totals, seed, epoch, x, y, weight):
@@ -320,7 +363,8 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
   if num_seeds > 1:
     train_step = jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, 0, 0, 0))
   return jax.jit(train_step, donate_argnums=(0, 1, 2),
-                 in_shardings=(replicated,) * 5 + (data,) * 3, out_shardings=(replicated,) * 3)
+                 in_shardings=(replicas,) * 4 + (replicated,) + (data,) * 3,
+                 out_shardings=(replicas,) * 3)
 
 
 def _train_batches(batches, seeds: Sequence[int], epoch: int):
@@ -377,8 +421,8 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
   if steps_per_epoch < 1:
     raise UserError("the training data is empty: not one batch for an epoch")
   val_steps = min(options.validation_steps or batches.val_steps, batches.val_steps)
-  # One device is a mesh of one: batches split over 'data', everything else replicated.
-  mesh = _mesh(options.num_devices, batches.batch_size)
+  # One device is a mesh of one: batches split over 'data', replicas over 'seed'.
+  mesh = _mesh(options.num_devices, batches.batch_size, options.num_seeds)
   workdir = Path(options.workdir)
   lock = _lock(workdir) if distributed.is_primary() else contextlib.nullcontext()
   with lock, _StopOnSigint() as sigint:
@@ -394,25 +438,26 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   num_seeds = options.num_seeds
   seeds = [options.seed + r for r in range(num_seeds)]
   replicated = NamedSharding(mesh, PartitionSpec())
+  per_replica = _replica_sharding(mesh, num_seeds)
   data_sharding = _batch_sharding(mesh, num_seeds)
   optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)
   train_step = _make_train_step(model, optimizer, loss, metrics, mesh, num_seeds)
   eval_step = metrics_lib.make_eval_step(lambda p, x: model.apply(p, x, training=False), loss,
                                          metrics, mesh, num_seeds)
   new_totals = lambda: distributed.put(metrics_lib.zero_totals(loss, metrics, num_seeds),
-                                       replicated)
+                                       per_replica)
   # Replica r's params if improved[r], else its best ones (one replica: a fresh copy).
   keep_best = jax.jit(
       lambda improved, new, old: jax.tree.map(
           lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
-          if num_seeds > 1 else jnp.copy(n), new, old), out_shardings=replicated)
+          if num_seeds > 1 else jnp.copy(n), new, old), out_shardings=per_replica)
   seed_values = distributed.put(np.asarray(seeds if num_seeds > 1 else seeds[0], np.int32),
-                                replicated)
+                                per_replica)
 
-  params = distributed.put(_init_params(model, batches, seeds), replicated)
+  params = distributed.put(_init_params(model, batches, seeds), per_replica)
   opt_state = jax.jit(jax.vmap(optimizer.init) if num_seeds > 1 else optimizer.init,
-                      out_shardings=replicated)(params)
-  everyone = distributed.put(np.ones([num_seeds], bool), replicated)
+                      out_shardings=per_replica)(params)
+  everyone = distributed.put(np.ones([num_seeds], bool), per_replica)
   best_params = keep_best(everyone, params, params)  # own buffers: the step donates `params`
   totals = new_totals()
 
@@ -497,7 +542,7 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
         replica.update(best_epoch=epoch, best_loss=val["loss"],
                        best_val=metrics_lib.with_units(val, target_unit))
     if any(improved):
-      best_params = keep_best(distributed.put(np.asarray(improved), replicated), params,
+      best_params = keep_best(distributed.put(np.asarray(improved), per_replica), params,
                               best_params)
       _save(ckpt_dir / "best", f"epoch{epoch:06d}", {"params": best_params},
             {"epoch": epoch, "best_epochs": [rep["best_epoch"] for rep in replicas],

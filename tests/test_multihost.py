@@ -125,3 +125,42 @@ def test_bad_process_flags_are_one_line(tmp_path, flags, message):
   assert done.returncode == 2
   assert re.match("error: " + message, done.stderr.strip().splitlines()[-1])
   assert not (tmp_path / "gru").exists()
+
+
+def test_seeds_spread_over_devices_equal_one_device(tmp_path):
+  """--num_seeds=2 on 4 devices (2 along 'seed' x 2 along 'data') equals both replicas
+  vmapped on one device."""
+  (module, *args), results_dir = _jena_flags(tmp_path)
+  found = {}
+  for name, devices in [("one", 1), ("four", 4)]:
+    workdir = tmp_path / name
+    done = _run(module, *args, f"--workdir={workdir}", "--num_seeds=2",
+                f"--num_devices={devices}", RNN_JAX_DATA_CACHE=str(tmp_path / "cache"),
+                **FOUR_DEVICES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found[name] = json.loads(
+        (tmp_path / results_dir.format(workdir=workdir) / "results.json").read_text())
+  for replica, replica_1 in zip(found["four"]["replicas"], found["one"]["replicas"],
+                                strict=True):
+    _assert_same_history(replica, replica_1)
+
+
+@pytest.mark.parametrize("num_seeds, cores, devices", [
+    (1, 8, 1), (4, 2, 2), (3, 2, 1), (6, 4, 3), (8, 16, 8), (5, 1, 1)])
+def test_seed_devices_divide_the_seeds(num_seeds, cores, devices):
+  from rnn_jax import train  # pylint: disable=import-outside-toplevel
+  assert train.seed_devices(num_seeds, cores) == devices
+
+
+def test_many_seeds_get_one_cpu_device_per_core():
+  """`TrainOptions.from_flags` with --num_seeds=2 splits the CPU (before JAX computes);
+  XLA_FLAGS' device count, when given, wins."""
+  code = ("import jax; from rnn_jax import train; made = train.cpu_devices_for_seeds(2); "
+          "print(made, len(jax.devices()))")
+  done = subprocess.run([sys.executable, "-c", code], cwd=runs.REPO, capture_output=True,
+                        text=True, timeout=120, env=runs.environment())
+  cores = os.cpu_count() or 1
+  assert done.stdout.split() == (["2", "2"] if cores >= 2 else ["0", "1"]), done.stderr
+  done = subprocess.run([sys.executable, "-c", code], cwd=runs.REPO, capture_output=True,
+                        text=True, timeout=120, env=runs.environment(**FOUR_DEVICES))
+  assert done.stdout.split() == ["0", "4"], done.stderr
