@@ -315,7 +315,7 @@ def test_experiment_bad_input_is_one_line(tmp_path, flag, message):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["lstm", "bidirectional_lstm"])
 def test_lecture_accuracy_on_the_real_reviews(tmp_path, model):
-  """The acceptance run (~20 / ~40 min on 2 CPU cores): the lecture's settings reach 0.87
+  """The acceptance run (~2 / ~4 min on 2 CPU cores): the lecture's settings reach 0.87
   test accuracy with the best checkpoint. $RNN_JAX_IMDB_PATH, else the shared copy, else
   the canonical download."""
   shared = "/work/shared/data/aclImdb_v1.tar.gz"
