@@ -121,13 +121,19 @@ def _split_matmul_jvp(num_gates, primals, tangents):
   return outputs, d_outputs
 
 
-def project_gates(x: Array, kernel: Array, mask: Optional[Array], num_gates: int) -> Array:
-  """x @ kernel <float32>[..., G*units] as G per-gate matmuls (see `gate_matmuls`).
+def project_gates(x: Array, kernel: Array, mask: Optional[Array], num_gates: int,
+                  bias: Optional[Array] = None) -> Array:
+  """x @ kernel (+ bias) <float32>[..., G*units] as G per-gate matmuls (see `gate_matmuls`).
 
-  The cells' slices of the result are then the per-gate products themselves, and the
-  kernel's gradient is G small matmuls rather than one over a concatenation.
+  The cells' slices of the result are then the per-gate products themselves (the bias
+  is added per gate, before the concatenation, so that XLA takes each slice of the
+  concatenation for its operand instead of materializing it), and the kernel's
+  gradient is G small matmuls rather than one over a concatenation.
   """
-  return jnp.concatenate(gate_matmuls(x, kernel, mask, num_gates), axis=-1)
+  gates = gate_matmuls(x, kernel, mask, num_gates)
+  if bias is not None:
+    gates = [g + b for g, b in zip(gates, jnp.split(bias, num_gates, axis=-1))]
+  return jnp.concatenate(gates, axis=-1)
 
 
 def _split_mask(mask: Optional[Array], start: int, stop: int) -> Optional[Array]:
@@ -163,8 +169,8 @@ def simple_rnn(activation: Union[str, Callable] = "tanh", use_bias: bool = True)
     return params
 
   def project(params, x, input_mask=None):
-    xw = project_gates(x, params["kernel"], input_mask, 1)
-    return xw + params["bias"] if use_bias else xw
+    return project_gates(x, params["kernel"], input_mask, 1,
+                         params["bias"] if use_bias else None)
 
   def recurrent(params, h, xw_t, recurrent_mask=None):
     h = act(xw_t + gate_matmul(h, params["recurrent_kernel"], recurrent_mask))
@@ -194,8 +200,8 @@ def lstm(activation: Union[str, Callable] = "tanh",
     return (_zeros_carry(batch_size, units, dtype), _zeros_carry(batch_size, units, dtype))
 
   def project(params, x, input_mask=None):
-    xw = project_gates(x, params["kernel"], input_mask, 4)
-    return xw + params["bias"] if use_bias else xw
+    return project_gates(x, params["kernel"], input_mask, 4,
+                         params["bias"] if use_bias else None)
 
   def recurrent(params, carry, xw_t, recurrent_mask=None):
     h, c = carry
@@ -236,10 +242,8 @@ def gru(activation: Union[str, Callable] = "tanh",
     return params
 
   def project(params, x, input_mask=None):
-    xw = project_gates(x, params["kernel"], input_mask, 3)
-    if not use_bias:
-      return xw
-    return xw + (params["bias"][0] if reset_after else params["bias"])
+    bias = None if not use_bias else params["bias"][0] if reset_after else params["bias"]
+    return project_gates(x, params["kernel"], input_mask, 3, bias)
 
   def recurrent(params, h, xw_t, recurrent_mask=None):
     units = h.shape[-1]
