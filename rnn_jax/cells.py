@@ -100,13 +100,13 @@ def _split_matmul(v: Array, kernel: Array, num_gates: int) -> tuple[Array, ...]:
   """(v @ kernel_g for each gate g), with a derivative that is cheaper to transpose.
 
   The same values and derivatives as the plain matmuls, in forward and reverse mode;
-  only the tangent's form differs: the kernel's tangent enters as one matmul,
-  v @ d_kernel split over gates, so reverse mode (its transpose) computes the kernel's
-  gradient as one matmul v.T @ [d_1 ... d_G] per step instead of G. Such
-  batch-contracting matmuls are the costliest small kernels of a backward loop on CPU
-  (2-core CPU: imdb_lstm's train step -19%, jena_gru's -6%). The tangent of v keeps
-  one matmul per gate: its transpose, G small matmuls, measured faster than one matmul
-  of the joined cotangents.
+  only the tangent's form differs: it is one matmul per operand, d_v @ kernel +
+  v @ d_kernel, split over gates. Reverse mode (its transpose) then computes the
+  gradients as one matmul each from the gates' joined cotangents [d_1 ... d_G]: the
+  kernel's v.T @ [d_1 ... d_G] and v's [d_1 ... d_G] @ kernel.T, instead of G small
+  matmuls each. Such matmuls are the costliest small kernels of a backward loop on CPU
+  (2-core CPU, against G matmuls per gradient: the kernel's part took imdb_lstm's train
+  step -19% and jena_gru's -6%, v's part another -5% each).
   """
   return tuple(v @ k for k in jnp.split(kernel, num_gates, axis=-1))
 
@@ -116,8 +116,7 @@ def _split_matmul_jvp(num_gates, primals, tangents):
   v, kernel = primals
   d_v, d_kernel = tangents
   outputs = _split_matmul(v, kernel, num_gates)
-  d_outputs = tuple(d_v @ k + d_vk for k, d_vk in zip(
-      jnp.split(kernel, num_gates, axis=-1), jnp.split(v @ d_kernel, num_gates, axis=-1)))
+  d_outputs = tuple(jnp.split(d_v @ kernel + v @ d_kernel, num_gates, axis=-1))
   return outputs, d_outputs
 
 
@@ -125,10 +124,9 @@ def project_gates(x: Array, kernel: Array, mask: Optional[Array], num_gates: int
                   bias: Optional[Array] = None) -> Array:
   """x @ kernel (+ bias) <float32>[..., G*units] as G per-gate matmuls (see `gate_matmuls`).
 
-  The cells' slices of the result are then the per-gate products themselves (the bias
+  The cells' slices of the result are then the per-gate products themselves: the bias
   is added per gate, before the concatenation, so that XLA takes each slice of the
-  concatenation for its operand instead of materializing it), and the kernel's
-  gradient is G small matmuls rather than one over a concatenation.
+  concatenation for its operand instead of materializing it.
   """
   gates = gate_matmuls(x, kernel, mask, num_gates)
   if bias is not None:
