@@ -24,10 +24,10 @@ jitted, sharded step; with N = 1 nothing is vmapped. The mesh is ('seed', 'data'
 replicas are spread over the devices first (gcd(N, devices) of them; no communication
 between replicas), the rest split each batch <[N, batch, ...]> on its second axis. On a
 CPU, where XLA runs one device's program on one core, `TrainOptions.from_flags` makes
-one CPU device per core for the replicas (up to N; see `cpu_devices_for_seeds`). results.json then holds every replica's results
-under "replicas", their "mean" and "std" (sample standard deviation, ddof=1), and at the
-top level the mean history, val and test over replicas, with "best_epoch" the list of
-the replicas' best epochs.
+one CPU device per core for the replicas (up to N; see `cpu_devices_for_seeds`).
+results.json then holds every replica's results under "replicas", their "mean" and "std"
+(sample standard deviation, ddof=1), and at the top level the mean history, val and test
+over replicas, with "best_epoch" the list of the replicas' best epochs.
 
 Several hosts: --num_processes > 1 joins the processes through `jax.distributed`
 (rnn_jax.distributed) when the options are made from the flags; the mesh then spans the
