@@ -118,8 +118,9 @@ class RNN:
   """A recurrent layer: a `Cell` unrolled by `rnn_jax.recurrent.unroll`.
 
   <float32>[batch, time, features] (or `recurrent.Embedded`) -> [batch, time, units]
-  with `return_sequences`, else [batch, units]. With `return_state` the output is `(y, *carry_leaves)` as in Keras
-  (`(y, h)` for GRU and SimpleRNN, `(y, h, c)` for LSTM); use it as a stack's last layer.
+  with `return_sequences`, else [batch, units]. With `return_state` the output is
+  `(y, *carry_leaves)` as in Keras (`(y, h)` for GRU and SimpleRNN, `(y, h, c)` for
+  LSTM); use it as a stack's last layer.
   """
   cell: cells.Cell
   units: int

@@ -78,7 +78,8 @@ def test_ids_out_of_range_give_nan_rows_as_take_does():
     y_embedded, _ = recurrent.unroll(cell, params, recurrent.Embedded(table, ids), **kwargs)
     y_take, _ = recurrent.unroll(cell, params, jnp.take(table, ids, axis=0), **kwargs)
     np.testing.assert_array_equal(np.isnan(y_embedded), np.isnan(y_take))
-    assert np.isnan(np.asarray(y_embedded)[1]).any() and not np.isnan(np.asarray(y_embedded)[0]).any()
+    y = np.asarray(y_embedded)
+    assert np.isnan(y[1]).any() and not np.isnan(y[0]).any()
     np.testing.assert_allclose(y_embedded, y_take, rtol=1e-5, atol=1e-6)
 
 
