@@ -21,8 +21,8 @@ Many seeds: `--num_seeds=N` trains N independent replicas in one compiled progra
 order; the same data, validation and test batches). Parameters, optimizer state and
 accumulators get a leading replica axis and the train step is `jax.vmap`ped inside the
 jitted, sharded step; with N = 1 nothing is vmapped. The mesh is ('seed', 'data'): the
-replicas are spread over the devices first (gcd(N, devices) of them; no communication
-between replicas), the rest split each batch <[N, batch, ...]> on its second axis. On a
+replicas are spread over the devices first (gcd(N, devices) of them, in one process; no
+communication between replicas), the rest split each batch <[N, batch, ...]> on its second axis. On a
 CPU, where XLA runs one device's program on one core, `TrainOptions.from_flags` makes
 one CPU device per core for the replicas (up to N; see `cpu_devices_for_seeds`).
 results.json then holds every replica's results under "replicas", their "mean" and "std"
@@ -302,9 +302,11 @@ def _prepare_workdir(options: TrainOptions) -> Path:
 
 def _mesh(num_devices: Optional[int], batch_size: int, num_seeds: int = 1) -> Mesh:
   """A ('seed', 'data') mesh over the first `num_devices` local devices of every process:
-  gcd(num_seeds, devices) along 'seed', the rest along 'data'."""
+  gcd(num_seeds, devices) along 'seed', the rest along 'data'. With several processes
+  'seed' has one device: every process then holds every replica, whose metrics it reads
+  on the host."""
   devices = distributed.mesh_devices(num_devices)
-  seed_axis = math.gcd(num_seeds, len(devices))
+  seed_axis = math.gcd(num_seeds, len(devices)) if jax.process_count() == 1 else 1
   data_axis = len(devices) // seed_axis
   if batch_size % data_axis:
     where = f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""
