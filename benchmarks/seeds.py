@@ -26,7 +26,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rnn_jax import errors, layers, metrics, optim, train
+from rnn_jax import distributed, errors, layers, metrics, optim, train
 
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 4, "Seeds trained together.", lower_bound=2)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per round and variant.", lower_bound=1)
@@ -37,7 +37,6 @@ _TIME, _FEATURES, _UNITS = 240, 14, 32
 _make_train_step = train._make_train_step  # pylint: disable=protected-access
 _init_params = train._init_params  # pylint: disable=protected-access
 _batch_sharding = train._batch_sharding  # pylint: disable=protected-access
-_replica_sharding = train._replica_sharding  # pylint: disable=protected-access
 
 
 def _variant(num_seeds: int, num_devices: Optional[int]):
@@ -54,7 +53,7 @@ def _variant(num_seeds: int, num_devices: Optional[int]):
   seeds = list(range(num_seeds))
   params = _init_params(model, _SampleBatches(x[0] if lead else x), seeds)
   replicated = NamedSharding(mesh, PartitionSpec())
-  replicas = _replica_sharding(mesh, num_seeds)
+  replicas = distributed.replica_sharding(mesh, num_seeds)
   params = jax.device_put(params, replicas)
   opt_state = jax.device_put(
       (jax.vmap(optimizer.init) if num_seeds > 1 else optimizer.init)(params), replicas)

@@ -68,6 +68,13 @@ def put(arrays, sharding: jax.sharding.Sharding):
                                              lambda index: np.asarray(a)[index]), arrays)
 
 
+def replica_sharding(mesh: jax.sharding.Mesh, num_seeds: int) -> jax.sharding.NamedSharding:
+  """Per-replica state (params, optimizer state, metric totals) of `--num_seeds` replicas:
+  split over the mesh's 'seed' axis on its leading replica axis; one seed's is replicated."""
+  spec = jax.sharding.PartitionSpec("seed") if num_seeds > 1 else jax.sharding.PartitionSpec()
+  return jax.sharding.NamedSharding(mesh, spec)
+
+
 def mesh_devices(num_devices: Optional[int]) -> list:
   """The first `num_devices` local devices of every process (default: all of them)."""
   per_process = {}

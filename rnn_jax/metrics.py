@@ -90,7 +90,7 @@ def make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: 
   With num_seeds > 1, params and totals have a leading replica axis and every replica
   evaluates the same batch (vmapped inside the one compiled step).
   """
-  replicas = NamedSharding(mesh, PartitionSpec("seed") if num_seeds > 1 else PartitionSpec())
+  replicas = distributed.replica_sharding(mesh, num_seeds)
   data = NamedSharding(mesh, PartitionSpec("data"))
 
   def eval_step(params, totals, x, y, weight):
@@ -110,8 +110,8 @@ def run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=No
   Returns a dict, or with `num_seeds` a list of one dict per replica.
   """
   data = NamedSharding(mesh, PartitionSpec("data"))
-  totals = distributed.put(zero_totals(loss, metrics, num_seeds or 1), NamedSharding(
-      mesh, PartitionSpec("seed") if (num_seeds or 1) > 1 else PartitionSpec()))
+  totals = distributed.put(zero_totals(loss, metrics, num_seeds or 1),
+                           distributed.replica_sharding(mesh, num_seeds or 1))
   for batch in itertools.islice(batches, steps):
     totals = eval_step(params, totals, *distributed.put(batch, data))
   totals = jax.device_get(totals)

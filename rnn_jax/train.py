@@ -321,12 +321,6 @@ def _batch_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(*(["seed"] if num_seeds > 1 else []), "data"))
 
 
-def _replica_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
-  """Per-replica state (params, optimizer state, totals): split over 'seed' on its
-  leading replica axis; one seed's is replicated."""
-  return NamedSharding(mesh, PartitionSpec("seed") if num_seeds > 1 else PartitionSpec())
-
-
 def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
                      metrics: Sequence[str], mesh: Mesh, num_seeds: int = 1):
   """(params, opt_state, totals, seed, epoch, x, y, weight) -> (params, opt_state, totals).
@@ -339,7 +333,7 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
   step is vmapped over it.
   """
   replicated = NamedSharding(mesh, PartitionSpec())
-  replicas = _replica_sharding(mesh, num_seeds)
+  replicas = distributed.replica_sharding(mesh, num_seeds)
   data = _batch_sharding(mesh, num_seeds)
 
   def train_step(params, opt_state, totals, seed, epoch, x, y, weight):
@@ -440,7 +434,7 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   num_seeds = options.num_seeds
   seeds = [options.seed + r for r in range(num_seeds)]
   replicated = NamedSharding(mesh, PartitionSpec())
-  per_replica = _replica_sharding(mesh, num_seeds)
+  per_replica = distributed.replica_sharding(mesh, num_seeds)
   data_sharding = _batch_sharding(mesh, num_seeds)
   optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)
   train_step = _make_train_step(model, optimizer, loss, metrics, mesh, num_seeds)
