@@ -5,9 +5,10 @@
 The lecture's GRU(32) -> Dense(1) on Jena-shaped windows <float32>[batch, 240, 14], MAE
 loss, RMSprop: the very train step `fit` compiles (`train._make_train_step`), on the mesh
 `fit` builds (`train._mesh`), for
-  * one seed, as `--num_seeds=1` runs it (one device; on a CPU, one core);
-  * N seeds as `--num_seeds=N` runs them: vmapped, spread over the devices (on a CPU,
-    `train.cpu_devices_for_seeds` makes one device per core, up to N);
+  * one seed on one device (on a CPU, one core);
+  * one seed as `--num_seeds=1` runs it: its batch split over the devices (on a CPU,
+    `train.cpu_devices_per_core` makes one device per core);
+  * N seeds as `--num_seeds=N` runs them: vmapped, spread over the devices;
   * N seeds vmapped on one device (what the replicas cost without the spreading).
 Each round times --steps steps of each, interleaved; reported are the medians over
 rounds of the per-step time, and the ratios to one seed (N separate runs: N).
@@ -96,8 +97,9 @@ def _time(step, state, steps: int):
 def main(argv):
   del argv
   n = _NUM_SEEDS.value
-  train.cpu_devices_for_seeds(n)  # as `--num_seeds=n` does, before JAX computes
-  names = {"1": (1, 1), f"{n}": (n, None), f"{n}_one_device": (n, 1)}
+  train.cpu_devices_per_core(n, _BATCH.value)  # as `--num_seeds=n` does, before JAX computes
+  names = {"1": (1, 1), "1_all_devices": (1, None), f"{n}": (n, None),
+           f"{n}_one_device": (n, 1)}
   variants = {name: _variant(*spec) for name, spec in names.items()}
   states = {name: v[1] for name, v in variants.items()}
   per_step = {name: [] for name in variants}
@@ -116,6 +118,7 @@ def main(argv):
             "step_ms_rounds": {name: [round(1e3 * t, 3) for t in v]
                                for name, v in per_step.items()},
             "ratio": round(median[f"{n}"] / median["1"], 3),
+            "ratio_to_one_seed_on_all_devices": round(median[f"{n}"] / median["1_all_devices"], 3),
             "ratio_one_device": round(median[f"{n}_one_device"] / median["1"], 3)}
   print(json.dumps(report))
   print(f"\n| seeds | devices | step (ms, median of {_ROUNDS.value}) | per seed (ms) | "
@@ -126,7 +129,9 @@ def main(argv):
           f"{seconds / median['1']:.2f} |")
   print(f"\n--num_seeds={n} takes {report['ratio']:.2f}x the time of one seed "
         f"({report['ratio_one_device']:.2f}x vmapped on one device; separate runs: {n}x) "
-        f"on {report['device']}, {os.cpu_count()} cores")
+        f"on {report['device']}, {os.cpu_count()} cores; one seed's batch split over "
+        f"{report['devices']['1_all_devices']} devices takes "
+        f"{median['1_all_devices'] / median['1']:.2f}x")
 
 
 if __name__ == "__main__":

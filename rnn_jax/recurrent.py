@@ -28,6 +28,7 @@ in how many there are and in how much memory they touch, not in arithmetic.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -38,9 +39,36 @@ from rnn_jax.cells import Cell, Params
 Array = jax.Array
 
 
-def dropout_mask(key: Array, rate: float, shape, dtype=jnp.float32) -> Array:
-  """Inverted-dropout mask: 0 with probability `rate`, else 1 / (1 - rate)."""
-  keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+_batch_shard_axis: list[str] = []  # the innermost `batch_shards` axis name, while tracing
+
+
+@contextlib.contextmanager
+def batch_shards(axis_name: str):
+  """While tracing, code runs on one shard of a batch split over the mesh axis `axis_name`
+  (inside `shard_map`): dropout masks are then drawn for the whole batch and sliced, so
+  that every shard gets the rows one device would have drawn for it, and a run's numbers
+  do not depend on how many devices split its batches (see `train`)."""
+  _batch_shard_axis.append(axis_name)
+  try:
+    yield
+  finally:
+    _batch_shard_axis.pop()
+
+
+def dropout_mask(key: Array, rate: float, shape, dtype=jnp.float32, batch_axis: int = 0) -> Array:
+  """Inverted-dropout mask: 0 with probability `rate`, else 1 / (1 - rate).
+
+  `shape[batch_axis]` is the batch: inside `batch_shards`, this shard's rows of the mask
+  of the whole batch.
+  """
+  if _batch_shard_axis:
+    axis_name = _batch_shard_axis[-1]
+    rows = shape[batch_axis]
+    whole = (*shape[:batch_axis], rows * jax.lax.axis_size(axis_name), *shape[batch_axis + 1:])
+    keep = jax.lax.dynamic_slice_in_dim(jax.random.bernoulli(key, 1.0 - rate, whole),
+                                        jax.lax.axis_index(axis_name) * rows, rows, batch_axis)
+  else:
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
   return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
 
 
@@ -62,10 +90,11 @@ def sequence_dropout_masks(cell: Cell, key: Optional[Array], batch_shape, input_
   num_masks = cell.num_gates if recurrent_dropout > 0 else 1
   input_mask = recurrent_mask = None
   if use_input:
-    input_mask = dropout_mask(k_in, dropout, (num_masks, *batch_shape, input_size), dtype)
+    input_mask = dropout_mask(k_in, dropout, (num_masks, *batch_shape, input_size), dtype,
+                              batch_axis=1)
   if use_recurrent:
     recurrent_mask = dropout_mask(k_rec, recurrent_dropout,
-                                  (cell.num_gates, *batch_shape, units), dtype)
+                                  (cell.num_gates, *batch_shape, units), dtype, batch_axis=1)
   return input_mask, recurrent_mask
 
 

@@ -6,7 +6,10 @@
 
 `fit` trains a `model` (init(key, sample_x), apply(params, x, *, training, key)) on a
 `rnn_jax.data.batches.Batches` with a Keras optimizer (rnn_jax.optim), data-parallel over
-a `jax.sharding.Mesh` of `--num_devices` local devices (one device is a mesh of one). It
+a `jax.sharding.Mesh` of `--num_devices` local devices (one device is a mesh of one; each
+device differentiates its rows and one all-reduce per step adds the gradients, see
+`shard_gradients`). On a CPU, where XLA runs one device's program on one core,
+`TrainOptions.from_flags` makes one CPU device per core (`cpu_devices_per_core`). It
 checkpoints after every epoch (rnn_jax.checkpoints), so that `--resume` after a crash, a
 SIGKILL or a Ctrl-C ends with the same results as an uninterrupted run, and writes
 `<workdir>/results.json`, `<workdir>/history.png` and a progress line per epoch.
@@ -22,9 +25,8 @@ order; the same data, validation and test batches). Parameters, optimizer state 
 accumulators get a leading replica axis and the train step is `jax.vmap`ped inside the
 jitted, sharded step; with N = 1 nothing is vmapped. The mesh is ('seed', 'data'): the
 replicas are spread over the devices first (gcd(N, devices) of them, in one process; no
-communication between replicas), the rest split each batch <[N, batch, ...]> on its second axis. On a
-CPU, where XLA runs one device's program on one core, `TrainOptions.from_flags` makes
-one CPU device per core for the replicas (up to N; see `cpu_devices_for_seeds`).
+communication between replicas), the rest split each batch <[N, batch, ...]> on its
+second axis.
 results.json then holds every replica's results under "replicas", their "mean" and "std"
 (sample standard deviation, ddof=1), and at the top level the mean history, val and test
 over replicas, with "best_epoch" the list of the replicas' best epochs.
@@ -57,7 +59,7 @@ import optax
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rnn_jax import checkpoints, distributed, optim, plots
+from rnn_jax import checkpoints, distributed, optim, plots, recurrent
 from rnn_jax import metrics as metrics_lib
 from rnn_jax.errors import UserError
 
@@ -158,7 +160,7 @@ class TrainOptions:
     distributed.initialize(values["coordinator_address"], values["num_processes"],
                            values["process_id"])
     if values["num_processes"] == 1:
-      cpu_devices_for_seeds(values["num_seeds"])
+      cpu_devices_per_core(values["num_seeds"], values["batch_size"])
     return cls(
         experiment=experiment, model_name=model_name,
         workdir=workdir or values["workdir"] or os.path.join("runs", experiment, model_name),
@@ -170,18 +172,17 @@ class TrainOptions:
         validation_steps=values["validation_steps"])
 
 
-def cpu_devices_for_seeds(num_seeds: int) -> int:
-  """On a CPU, one device per core for `num_seeds` replicas; returns the devices made.
+def cpu_devices_per_core(num_seeds: int, batch_size: int) -> int:
+  """On a CPU, one device per core for training; returns the number of devices made.
 
-  XLA runs a device's program on one core, so one seed of the lecture's GRU leaves the
-  other cores idle, and N replicas vmapped on one device cost N times one seed
-  (benchmarks/seeds.py). Made as jax's CPU devices (`jax_num_cpu_devices`): the
-  largest divisor of `num_seeds` that is at most the number of cores, so that every
-  device holds as many replicas. Only before JAX's first computation and when
-  XLA_FLAGS does not already set the number of CPU devices; GPU and TPU backends are
-  untouched. Returns 0 where it changed nothing.
+  XLA runs a CPU device's program on one core, so a run on JAX's single CPU device
+  leaves the other cores idle. Here the mesh gets one device per core (`cpu_device_count`):
+  replicas of --num_seeds spread over them first, and the rest split each batch
+  (`shard_gradients`). Made as jax's CPU devices (`jax_num_cpu_devices`), only before
+  JAX's first computation and when XLA_FLAGS does not already set the number of CPU
+  devices; GPU and TPU backends are untouched. Returns 0 where it changed nothing.
   """
-  devices = seed_devices(num_seeds, os.cpu_count() or 1)
+  devices = cpu_device_count(num_seeds, batch_size, os.cpu_count() or 1)
   if devices < 2 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return 0
   try:
@@ -191,9 +192,11 @@ def cpu_devices_for_seeds(num_seeds: int) -> int:
   return devices
 
 
-def seed_devices(num_seeds: int, cores: int) -> int:
-  """The largest divisor of `num_seeds` that is at most `cores`."""
-  return max(d for d in range(1, min(cores, max(num_seeds, 1)) + 1) if num_seeds % d == 0)
+def cpu_device_count(num_seeds: int, batch_size: int, cores: int) -> int:
+  """The most devices, at most `cores`, that a mesh can use (see `_mesh`): gcd(num_seeds, d)
+  along 'seed' and a 'data' axis that divides `batch_size`."""
+  return max(d for d in range(1, max(cores, 1) + 1)
+             if batch_size % (d // math.gcd(max(num_seeds, 1), d)) == 0)
 
 
 # ---------------------------------------------------------------------------- results
@@ -321,46 +324,66 @@ def _batch_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(*(["seed"] if num_seeds > 1 else []), "data"))
 
 
+def shard_gradients(objective, params, *batch, axis_name: str = "data"):
+  """(value, aux, grads) of `objective(params, *batch) -> (value, aux)` over a whole batch,
+  called inside `shard_map` on each shard of a batch split over `axis_name`.
+
+  Each shard differentiates its own part (a sum over its rows) and the parts are added
+  with one all-reduce after the backward pass. Differentiating the whole batch under a
+  sharding annotation instead lets XLA's partitioner add the parameter gradients across
+  devices inside the backward loop, one all-reduce per time step (500 of them for IMDB),
+  and on CPU devices several collectives in flight at once can deadlock XLA's thread pool.
+  Dropout masks are drawn for the whole batch (`recurrent.batch_shards`).
+  """
+  with recurrent.batch_shards(axis_name):
+    (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(params, *batch)
+  return jax.lax.psum((value, aux, grads), axis_name)
+
+
 def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
                      metrics: Sequence[str], mesh: Mesh, num_seeds: int = 1):
   """(params, opt_state, totals, seed, epoch, x, y, weight) -> (params, opt_state, totals).
 
-  One optimizer step on the weighted mean loss of a batch sharded over 'data'. `totals`
-  accumulates the epoch's weighted sums on the device (so the host never waits for a
-  step), counts the steps (the dropout key is fold_in(fold_in(key(seed), epoch), step))
-  and remembers the first step whose loss was not finite. The first three arguments are
-  donated. With num_seeds > 1 everything but `epoch` has a leading replica axis and the
-  step is vmapped over it.
+  One optimizer step on the weighted mean loss of a batch split over 'data'
+  (`shard_gradients`: one all-reduce per step). `totals` accumulates the epoch's
+  weighted sums on the device (so the host never waits for a step), counts the steps (the
+  dropout key is fold_in(fold_in(key(seed), epoch), step)) and remembers the first step
+  whose loss was not finite. The first three arguments are donated. With num_seeds > 1
+  everything but `epoch` has a leading replica axis, split over 'seed', and the step is
+  vmapped over each device's replicas.
   """
-  replicated = NamedSharding(mesh, PartitionSpec())
-  replicas = distributed.replica_sharding(mesh, num_seeds)
-  data = _batch_sharding(mesh, num_seeds)
+  replicas = distributed.replica_sharding(mesh, num_seeds).spec
+  data = _batch_sharding(mesh, num_seeds).spec
 
   def train_step(params, opt_state, totals, seed, epoch, x, y, weight):
     step = totals["steps"]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), step)
 
-    def objective(p):
+    def objective(p, x, y, weight):
       pred = model.apply(p, x, training=True, key=key)
-      mean_loss = (jnp.sum(metrics_lib.per_example(loss, pred, y) * weight)
-                   / jnp.maximum(jnp.sum(weight), 1.0))
-      return mean_loss, pred
+      sums = metrics_lib.sums(loss, metrics, pred, y, weight)
+      return sums["loss"], sums
 
-    (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    _, sums, grads = shard_gradients(objective, params, x, y, weight)
+    count = jnp.maximum(sums["count"], 1.0)
+    grads = jax.tree.map(lambda g: g / count, grads)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    sums = metrics_lib.sums(loss, metrics, pred, y, weight)
     totals = {k: totals[k] + sums[k] if k in sums else totals[k] for k in totals}
     totals["steps"] = step + 1
     totals["first_nonfinite"] = jnp.where(
-        (totals["first_nonfinite"] < 0) & ~jnp.isfinite(value), step, totals["first_nonfinite"])
+        (totals["first_nonfinite"] < 0) & ~jnp.isfinite(sums["loss"] / count), step,
+        totals["first_nonfinite"])
     return params, opt_state, totals
 
   if num_seeds > 1:
     train_step = jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, 0, 0, 0))
-  return jax.jit(train_step, donate_argnums=(0, 1, 2),
-                 in_shardings=(replicas,) * 4 + (replicated,) + (data,) * 3,
-                 out_shardings=(replicas,) * 3)
+  # check_vma=False: the optimizer step after the all-reduce is the same on every shard
+  # of 'data', so its results are replicated over it, which shard_map cannot infer.
+  train_step = jax.shard_map(train_step, mesh=mesh,
+                             in_specs=(replicas,) * 4 + (PartitionSpec(),) + (data,) * 3,
+                             out_specs=(replicas,) * 3, check_vma=False)
+  return jax.jit(train_step, donate_argnums=(0, 1, 2))
 
 
 def _train_batches(batches, seeds: Sequence[int], epoch: int):

@@ -45,8 +45,8 @@ def test_unknown_task_is_one_line_error():
 
 
 def test_seeds_benchmark_reports_each_variant():
-  """benchmarks.seeds runs (one tiny round) and reports one seed, N seeds spread over the
-  devices `--num_seeds` makes, and N seeds on one device, with their ratios."""
+  """benchmarks.seeds runs (one tiny round) and reports one seed on one device and on the
+  devices `fit` makes, N seeds spread over them, and N seeds on one device, with ratios."""
   import json
   import os
   done = subprocess.run([sys.executable, "-m", "benchmarks.seeds", "--num_seeds=2", "--steps=1",
@@ -54,7 +54,10 @@ def test_seeds_benchmark_reports_each_variant():
                         timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert done.returncode == 0, done.stderr[-2000:]
   report = json.loads(done.stdout.splitlines()[0])
-  assert report["devices"] == {"1": 1, "2": min(2, os.cpu_count() or 1), "2_one_device": 1}
-  assert set(report["step_ms_median"]) == {"1", "2", "2_one_device"}
+  from rnn_jax import train  # pylint: disable=import-outside-toplevel
+  all_devices = train.cpu_device_count(2, 8, os.cpu_count() or 1)
+  assert report["devices"] == {"1": 1, "1_all_devices": all_devices, "2": all_devices,
+                               "2_one_device": 1}
+  assert set(report["step_ms_median"]) == {"1", "1_all_devices", "2", "2_one_device"}
   assert report["ratio"] > 0 and report["ratio_one_device"] > 0
   assert "--num_seeds=2 takes" in done.stdout

@@ -145,22 +145,24 @@ def test_seeds_spread_over_devices_equal_one_device(tmp_path):
     _assert_same_history(replica, replica_1)
 
 
-@pytest.mark.parametrize("num_seeds, cores, devices", [
-    (1, 8, 1), (4, 2, 2), (3, 2, 1), (6, 4, 3), (8, 16, 8), (5, 1, 1)])
-def test_seed_devices_divide_the_seeds(num_seeds, cores, devices):
+@pytest.mark.parametrize("num_seeds, batch_size, cores, devices", [
+    (1, 128, 8, 8), (1, 128, 2, 2), (1, 5, 2, 1), (1, 6, 4, 3), (4, 2, 2, 2), (3, 7, 2, 1),
+    (6, 4, 4, 4), (6, 1, 4, 3), (8, 1, 16, 8), (5, 128, 1, 1)])
+def test_cpu_device_count_fits_the_mesh(num_seeds, batch_size, cores, devices):
   from rnn_jax import train  # pylint: disable=import-outside-toplevel
-  assert train.seed_devices(num_seeds, cores) == devices
+  assert train.cpu_device_count(num_seeds, batch_size, cores) == devices
 
 
-def test_many_seeds_get_one_cpu_device_per_core():
-  """`TrainOptions.from_flags` with --num_seeds=2 splits the CPU (before JAX computes);
-  XLA_FLAGS' device count, when given, wins."""
-  code = ("import jax; from rnn_jax import train; made = train.cpu_devices_for_seeds(2); "
+def test_one_cpu_device_per_core():
+  """`TrainOptions.from_flags` splits the CPU (before JAX computes); XLA_FLAGS' device
+  count, when given, wins."""
+  code = ("import jax; from rnn_jax import train; made = train.cpu_devices_per_core(1, 32); "
           "print(made, len(jax.devices()))")
   done = subprocess.run([sys.executable, "-c", code], cwd=runs.REPO, capture_output=True,
                         text=True, timeout=120, env=runs.environment())
-  cores = os.cpu_count() or 1
-  assert done.stdout.split() == (["2", "2"] if cores >= 2 else ["0", "1"]), done.stderr
+  from rnn_jax import train  # pylint: disable=import-outside-toplevel
+  devices = train.cpu_device_count(1, 32, os.cpu_count() or 1)
+  assert done.stdout.split() == ([str(devices)] * 2 if devices > 1 else ["0", "1"]), done.stderr
   done = subprocess.run([sys.executable, "-c", code], cwd=runs.REPO, capture_output=True,
                         text=True, timeout=120, env=runs.environment(**FOUR_DEVICES))
   assert done.stdout.split() == ["0", "4"], done.stderr
