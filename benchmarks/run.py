@@ -15,6 +15,7 @@ epoch:   wall time of one lecture epoch (Jena: 500 GRU steps; IMDB: 157 LSTM ste
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 from absl import flags
 
@@ -31,7 +33,7 @@ from benchmarks.lecture_generator import lecture_generator
 from rnn_jax import errors
 from rnn_jax.errors import UserError
 
-FRAMEWORKS = ("rnn_jax", "flax", "keras_jax", "torch", "keras_tf")
+FRAMEWORKS = ("rnn_jax", "rnn_jax_one_device", "flax", "keras_jax", "torch", "keras_tf")
 SECTIONS = ("steps", "sampler", "epoch")
 
 _TASKS = flags.DEFINE_list("tasks", list(tasks_lib.TASKS), "Tasks to time.")
@@ -63,6 +65,8 @@ def _peer(framework: str):
     from benchmarks.peers import flax_linen
     return flax_linen
   from benchmarks.peers import ours
+  if framework == "rnn_jax_one_device":
+    return types.SimpleNamespace(train_step=functools.partial(ours.train_step, num_devices=1))
   return ours
 
 
@@ -109,12 +113,15 @@ def time_epoch(framework: str, data: str) -> dict:
   if keras3 is None:
     import jax
     from benchmarks.peers import ours
-    net, optimizer, step = ours.make_step_fn(task)
+    from jax.sharding import NamedSharding, PartitionSpec
+    net, optimizer, step, mesh = ours.make_step_fn(task)
     start = time.perf_counter()
-    params = net.init(jax.random.PRNGKey(0), batches[0][0])
+    params = jax.device_put(net.init(jax.random.PRNGKey(0), batches[0][0]),
+                            NamedSharding(mesh, PartitionSpec()))
     opt_state = optimizer.init(params)
+    rows = NamedSharding(mesh, PartitionSpec("data"))
     for i in range(num_steps):
-      x, y = batches[i % len(batches)]
+      x, y = jax.device_put(batches[i % len(batches)], rows)
       params, opt_state, loss = step(params, opt_state, i, x, y)
     loss = float(loss)
   else:
