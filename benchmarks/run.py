@@ -111,19 +111,13 @@ def time_epoch(framework: str, data: str) -> dict:
   except ModuleNotFoundError as e:
     return {**record, "unsupported": str(e)}
   if keras3 is None:
-    import jax
     from benchmarks.peers import ours
-    from jax.sharding import NamedSharding, PartitionSpec
-    net, optimizer, step, mesh = ours.make_step_fn(task)
+    _, init_state, step, put = ours.make_step_fn(task)
     start = time.perf_counter()
-    params = jax.device_put(net.init(jax.random.PRNGKey(0), batches[0][0]),
-                            NamedSharding(mesh, PartitionSpec()))
-    opt_state = optimizer.init(params)
-    rows = NamedSharding(mesh, PartitionSpec("data"))
+    state = init_state(put(*batches[0])[0])
     for i in range(num_steps):
-      x, y = jax.device_put(batches[i % len(batches)], rows)
-      params, opt_state, loss = step(params, opt_state, i, x, y)
-    loss = float(loss)
+      state, loss = step(state, *put(*batches[i % len(batches)]))
+    loss = float(loss) / (num_steps * tasks_lib.BATCH)  # the epoch's mean
   else:
     net = keras3.model(task)
     x = np.concatenate([batches[i % len(batches)][0] for i in range(num_steps)])

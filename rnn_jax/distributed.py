@@ -85,3 +85,41 @@ def mesh_devices(num_devices: Optional[int]) -> list:
   if num_devices > local:
     raise UserError(f"--num_devices={num_devices} but only {local} local device(s) exist")
   return [d for devices in per_process.values() for d in devices[:num_devices]]
+
+
+# ---------------------------------------------------------------- sums over 'data' shards
+
+def adds_by_copies(mesh: jax.sharding.Mesh) -> bool:
+  """Whether per-device partial sums over the mesh's 'data' axis are added by copying
+  them between devices (`rotated_shards`) rather than by an XLA all-reduce.
+
+  True for several CPU devices of one process. XLA's in-process CPU collectives
+  deadlock there: jaxlib 0.10's CPU client runs the collectives of every device on one
+  thread pool sized by the cores, and a train loop that dispatches steps ahead, as
+  `fit` does, stalls in an all-reduce's rendezvous within a few hundred steps (2
+  devices on 2 cores, measured; an abort after 40 s). Copies between CPU devices are
+  memcpys and need no rendezvous. GPUs, TPUs and several processes keep the all-reduce.
+  """
+  return (jax.process_count() == 1 and mesh.shape.get("data", 1) > 1
+          and mesh.devices.flat[0].platform == "cpu")
+
+
+def rotated_shards(partials, mesh: jax.sharding.Mesh) -> list:
+  """The other devices' shards of `partials`, copied: one pytree per k = 1 .. n-1 (n the
+  size of the mesh's 'data' axis) in which each device holds the shard of the device k
+  places further along 'data' (in its own 'seed' row).
+
+  `partials` holds per-device values stacked on a leading axis split over 'data' (each
+  shard <[1, ...]>); adding a device's own shard and its shards of these gives every
+  device the sum over 'data'. The copies are dispatched asynchronously.
+  """
+  grid = mesh.devices  # [seed, data]
+  rows, n = grid.shape[0], grid.shape[1]
+
+  def rotate(array, k):
+    shard_of = {shard.device: shard.data for shard in array.addressable_shards}
+    pieces = [jax.device_put(shard_of[grid[s, (d + k) % n]], grid[s, d])
+              for s in range(rows) for d in range(n)]
+    return jax.make_array_from_single_device_arrays(array.shape, array.sharding, pieces)
+
+  return [jax.tree.map(lambda a, k=k: rotate(a, k), partials) for k in range(1, n)]

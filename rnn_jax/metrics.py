@@ -99,8 +99,17 @@ def make_eval_step(apply_fn: Callable, loss: str, metrics: Sequence[str], mesh: 
 
   if num_seeds > 1:
     eval_step = jax.vmap(eval_step, in_axes=(0, 0, None, None, None))
-  return jax.jit(eval_step, in_shardings=(replicas, replicas, data, data, data),
-                 out_shardings=replicas, donate_argnums=(1,))
+  if not distributed.adds_by_copies(mesh):
+    return jax.jit(eval_step, in_shardings=(replicas, replicas, data, data, data),
+                   out_shardings=replicas, donate_argnums=(1,))
+  # Several CPU devices: each keeps its own totals <[1, ...]>, added up on the host
+  # (`run_eval`), as XLA's all-reduce there can deadlock (distributed.adds_by_copies).
+  per_device = PartitionSpec("data", *replicas.spec)
+  own_rows = lambda p, totals, *batch: jax.tree.map(
+      lambda a: a[None], eval_step(p, jax.tree.map(lambda a: a[0], totals), *batch))
+  return jax.jit(jax.shard_map(own_rows, mesh=mesh, check_vma=False,
+                               in_specs=(replicas.spec, per_device) + (data.spec,) * 3,
+                               out_specs=per_device), donate_argnums=(1,))
 
 
 def run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=None,
@@ -110,11 +119,18 @@ def run_eval(eval_step, params, batches: Iterable, loss, metrics, mesh, steps=No
   Returns a dict, or with `num_seeds` a list of one dict per replica.
   """
   data = NamedSharding(mesh, PartitionSpec("data"))
-  totals = distributed.put(zero_totals(loss, metrics, num_seeds or 1),
-                           distributed.replica_sharding(mesh, num_seeds or 1))
+  totals = zero_totals(loss, metrics, num_seeds or 1)
+  replicas = distributed.replica_sharding(mesh, num_seeds or 1)
+  per_device = distributed.adds_by_copies(mesh)
+  if per_device:  # one row of totals per device along 'data' (see make_eval_step)
+    totals = {k: np.stack([v] * mesh.shape["data"]) for k, v in totals.items()}
+    replicas = NamedSharding(mesh, PartitionSpec("data", *replicas.spec))
+  totals = distributed.put(totals, replicas)
   for batch in itertools.islice(batches, steps):
     totals = eval_step(params, totals, *distributed.put(batch, data))
   totals = jax.device_get(totals)
+  if per_device:
+    totals = {k: np.sum(v, axis=0) for k, v in totals.items()}
   names = ("loss", *metrics)
   return means(totals, names) if num_seeds is None else replica_means(totals, names, num_seeds)
 

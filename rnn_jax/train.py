@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import itertools
 import json
 import math
@@ -331,9 +332,9 @@ def shard_gradients(objective, params, *batch, axis_name: str = "data"):
   Each shard differentiates its own part (a sum over its rows) and the parts are added
   with one all-reduce after the backward pass. Differentiating the whole batch under a
   sharding annotation instead lets XLA's partitioner add the parameter gradients across
-  devices inside the backward loop, one all-reduce per time step (500 of them for IMDB),
-  and on CPU devices several collectives in flight at once can deadlock XLA's thread pool.
-  Dropout masks are drawn for the whole batch (`recurrent.batch_shards`).
+  devices inside the backward loop, one all-reduce per time step (500 of them for IMDB).
+  Dropout masks are drawn for the whole batch (`recurrent.batch_shards`). (`fit` adds
+  the parts of several CPU devices by copies instead: `distributed.adds_by_copies`.)
   """
   with recurrent.batch_shards(axis_name):
     (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(params, *batch)
@@ -344,31 +345,42 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
                      metrics: Sequence[str], mesh: Mesh, num_seeds: int = 1):
   """(params, opt_state, totals, seed, epoch, x, y, weight) -> (params, opt_state, totals).
 
-  One optimizer step on the weighted mean loss of a batch split over 'data'
-  (`shard_gradients`: one all-reduce per step). `totals` accumulates the epoch's
-  weighted sums on the device (so the host never waits for a step), counts the steps (the
-  dropout key is fold_in(fold_in(key(seed), epoch), step)) and remembers the first step
-  whose loss was not finite. The first three arguments are donated. With num_seeds > 1
-  everything but `epoch` has a leading replica axis, split over 'seed', and the step is
-  vmapped over each device's replicas.
+  One optimizer step on the weighted mean loss of a batch split over 'data': each device
+  differentiates the loss summed over its rows, and the devices' gradients and metric
+  sums are added once per step, by one all-reduce (`shard_gradients`) or, on several CPU
+  devices, by copies between a program that makes the parts and one that adds them and
+  updates (`distributed.adds_by_copies`). `totals` accumulates the epoch's weighted sums
+  on the device (so the host never waits for a step), counts the steps (the dropout key
+  is fold_in(fold_in(key(seed), epoch), step)) and remembers the first step whose loss
+  was not finite. The first three arguments are donated. With num_seeds > 1 everything
+  but `epoch` has a leading replica axis, split over 'seed', and the step is vmapped over
+  each device's replicas.
   """
   replicas = distributed.replica_sharding(mesh, num_seeds).spec
   data = _batch_sharding(mesh, num_seeds).spec
+  batched = (lambda f, *axes: jax.vmap(f, in_axes=axes)) if num_seeds > 1 else (
+      lambda f, *axes: f)
 
-  def train_step(params, opt_state, totals, seed, epoch, x, y, weight):
-    step = totals["steps"]
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), step)
+  def parts(params, totals, seed, epoch, x, y, weight):
+    """This device's rows: (metric sums, gradient of the loss sum)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), totals["steps"])
 
     def objective(p, x, y, weight):
-      pred = model.apply(p, x, training=True, key=key)
-      sums = metrics_lib.sums(loss, metrics, pred, y, weight)
+      sums = metrics_lib.sums(loss, metrics, model.apply(p, x, training=True, key=key),
+                              y, weight)
       return sums["loss"], sums
 
-    _, sums, grads = shard_gradients(objective, params, x, y, weight)
+    with recurrent.batch_shards("data"):
+      (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params, x, y, weight)
+    return sums, grads
+
+  def update(params, opt_state, totals, sums, grads):
+    """The optimizer step from the whole batch's sums and gradient."""
     count = jnp.maximum(sums["count"], 1.0)
-    grads = jax.tree.map(lambda g: g / count, grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates, opt_state = optimizer.update(jax.tree.map(lambda g: g / count, grads),
+                                          opt_state, params)
     params = optax.apply_updates(params, updates)
+    step = totals["steps"]
     totals = {k: totals[k] + sums[k] if k in sums else totals[k] for k in totals}
     totals["steps"] = step + 1
     totals["first_nonfinite"] = jnp.where(
@@ -376,14 +388,51 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
         totals["first_nonfinite"])
     return params, opt_state, totals
 
-  if num_seeds > 1:
-    train_step = jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, 0, 0, 0))
-  # check_vma=False: the optimizer step after the all-reduce is the same on every shard
-  # of 'data', so its results are replicated over it, which shard_map cannot infer.
-  train_step = jax.shard_map(train_step, mesh=mesh,
-                             in_specs=(replicas,) * 4 + (PartitionSpec(),) + (data,) * 3,
-                             out_specs=(replicas,) * 3, check_vma=False)
-  return jax.jit(train_step, donate_argnums=(0, 1, 2))
+  parts = batched(parts, 0, 0, 0, None, 0, 0, 0)
+  update = batched(update, 0, 0, 0, 0, 0)
+  state_specs, batch_specs = (replicas,) * 4 + (PartitionSpec(),), (data,) * 3
+  # check_vma=False: after the sum over 'data' the update is the same on every device of
+  # 'data', so its results are replicated over it, which shard_map cannot infer.
+  shard_map = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
+
+  if not distributed.adds_by_copies(mesh):
+    def train_step(params, opt_state, totals, seed, epoch, x, y, weight):
+      sums, grads = parts(params, totals, seed, epoch, x, y, weight)
+      if mesh.shape["data"] > 1:
+        sums, grads = jax.lax.psum((sums, grads), "data")
+      return update(params, opt_state, totals, sums, grads)
+
+    return jax.jit(shard_map(train_step, in_specs=state_specs + batch_specs,
+                             out_specs=(replicas,) * 3), donate_argnums=(0, 1, 2))
+
+  # Each device's parts get a leading axis over 'data' (<[1, ...]> on each device).
+  part_spec = PartitionSpec("data", *replicas)
+  make_parts = jax.jit(shard_map(
+      lambda *args: jax.tree.map(lambda a: a[None], parts(*args)),
+      in_specs=(replicas,) * 3 + (PartitionSpec(),) + batch_specs, out_specs=part_spec))
+
+  n = mesh.shape["data"]
+
+  def add_in_order(*shards):
+    """The sum over 'data' in the same order on every device, so that the replicated
+    results are bitwise equal: shards[k] is device (d + k) % n's, put back in place."""
+    if n > 2:  # (for two, a + b == b + a exactly)
+      stacked = jnp.roll(jnp.concatenate(shards), jax.lax.axis_index("data"), axis=0)
+      shards = [stacked[i:i + 1] for i in range(n)]
+    return functools.reduce(jnp.add, shards)[0]
+
+  def add_and_update(params, opt_state, totals, *all_parts):
+    sums, grads = jax.tree.map(add_in_order, *all_parts)
+    return update(params, opt_state, totals, sums, grads)
+
+  add_and_update = jax.jit(shard_map(add_and_update, in_specs=(replicas,) * 3 + (part_spec,) * n,
+                                     out_specs=(replicas,) * 3), donate_argnums=(0, 1, 2))
+
+  def train_step(params, opt_state, totals, seed, epoch, x, y, weight):
+    own = make_parts(params, totals, seed, epoch, x, y, weight)
+    return add_and_update(params, opt_state, totals, own, *distributed.rotated_shards(own, mesh))
+
+  return train_step
 
 
 def _train_batches(batches, seeds: Sequence[int], epoch: int):

@@ -1,74 +1,68 @@
-"""rnn_jax: `layers.Sequential`, jitted train step (params and optimizer state donated).
+"""rnn_jax: the train step `rnn_jax.train.fit` compiles, on the mesh `fit` builds.
 
-As `rnn_jax.train.fit` runs it: the batch split over one device per CPU core
-(`train.cpu_devices_per_core`), each device differentiating its rows and one all-reduce
-per step adding the gradients (`train.shard_gradients`). `num_devices=1` gives the
-single-device step (framework `rnn_jax_one_device` in benchmarks.run).
+That is: `layers.Sequential`, one jitted step with params and optimizer state donated,
+the batch split over one device per CPU core (`train.cpu_devices_per_core`), each device
+differentiating its rows and the gradients added once per step
+(`train._make_train_step`). `num_devices=1` gives the single-device step (framework
+`rnn_jax_one_device` in benchmarks.run). The model ends in Dense(1) logits with
+`bce_logits`, fit's loss, where the peers apply a sigmoid and Keras's binary
+cross-entropy: the same function of the weights (the sigmoid is folded into the loss).
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from benchmarks.tasks import BATCH, LEARNING_RATE, Task, layer_stack
-from rnn_jax import layers, optim, train
+from rnn_jax import layers, metrics, optim, train
+
+_LOSSES = {"mae": "mae", "bce": "bce_logits"}
 
 
 def model(task: Task) -> layers.Sequential:
-  return layers.Sequential(layer_stack(layers, task))
-
-
-def loss_fn(name: str, pred: jax.Array, y: jax.Array) -> jax.Array:
-  if name == "mae":
-    return jnp.mean(jnp.abs(pred - y))
-  p = jnp.clip(pred, 1e-7, 1 - 1e-7)  # Keras's binary cross-entropy on probabilities
-  return -jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p))
+  stack = layer_stack(layers, task)
+  stack[-1] = layers.Dense(1)  # logits: `bce_logits` applies the sigmoid
+  return layers.Sequential(stack)
 
 
 def make_step_fn(task: Task, num_devices: Optional[int] = None):
-  """(net, optimizer, step, mesh): step(params, opt_state, i, x, y) -> (params,
-  opt_state, loss), jitted and donating, over a 'data' mesh of `num_devices` (default:
-  one per core).
-
-  The dropout key of step i is fold_in(key(1), i), made inside the jitted step (as
-  `rnn_jax.train` does) so that a step costs the host one dispatch.
-  """
+  """(net, init_state(x) -> state, step(state, i, x, y) -> (state, loss sum), put(x, y))."""
   if num_devices != 1:
     train.cpu_devices_per_core(1, BATCH)  # as `fit` does, before JAX computes
-  mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("data",))
+  mesh = train._mesh(num_devices, BATCH)  # pylint: disable=protected-access
   net = model(task)
   optimizer = optim.keras_rmsprop(LEARNING_RATE)
+  loss = _LOSSES[task.loss]
+  step_fn = train._make_train_step(net, optimizer, loss, (), mesh)  # pylint: disable=protected-access
+  replicated = NamedSharding(mesh, PartitionSpec())
+  rows = train._batch_sharding(mesh, 1)  # pylint: disable=protected-access
+  fixed = jax.device_put((np.int32(1), np.int32(1)), replicated)  # seed, epoch
+  weight = jax.device_put(np.ones(BATCH, np.float32), rows)
 
-  def step(params, opt_state, i, x, y):
-    key = jax.random.fold_in(jax.random.PRNGKey(1), i)
+  def init_state(x):
+    params = jax.device_put(jax.device_get(net.init(jax.random.key(0), x)), replicated)
+    return (params, jax.jit(optimizer.init)(params),
+            jax.device_put(metrics.zero_totals(loss, ()), replicated))
 
-    def objective(p, x, y):  # the sum over this device's rows
-      return loss_fn(task.loss, net.apply(p, x, training=True, key=key), y) * x.shape[0], ()
-    loss, _, grads = train.shard_gradients(objective, params, x, y)
-    grads = jax.tree.map(lambda g: g / BATCH, grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss / BATCH
+  def step(state, x, y):
+    state = step_fn(*state, *fixed, x, y, weight)
+    return state, state[2]["loss"]
 
-  replicated, rows = PartitionSpec(), PartitionSpec("data")
-  step = jax.shard_map(step, mesh=mesh, in_specs=(replicated,) * 3 + (rows,) * 2,
-                       out_specs=(replicated,) * 3, check_vma=False)
-  return net, optimizer, jax.jit(step, donate_argnums=(0, 1)), mesh
+  return net, init_state, step, lambda x, y: jax.device_put((x, y), rows)
 
 
 def train_step(task: Task, x, y, num_devices: Optional[int] = None):
-  net, optimizer, step, mesh = make_step_fn(task, num_devices)
-  params = jax.device_put(net.init(jax.random.PRNGKey(0), x), NamedSharding(mesh, PartitionSpec()))
-  state = {"params": params, "opt": optimizer.init(params), "i": 0}
-  x, y = jax.device_put((x, y), NamedSharding(mesh, PartitionSpec("data")))
+  _, init_state, step, put = make_step_fn(task, num_devices)
+  x, y = put(x, y)
+  state = {"state": init_state(x), "loss_sum": 0.0}
 
   def run():
-    state["params"], state["opt"], loss = step(state["params"], state["opt"], state["i"], x, y)
-    state["i"] += 1
-    return float(loss)
+    state["state"], loss_sum = step(state["state"], x, y)
+    loss_sum = float(loss_sum)  # waits for the step
+    loss, state["loss_sum"] = (loss_sum - state["loss_sum"]) / BATCH, loss_sum
+    return loss
 
   return run
