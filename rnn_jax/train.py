@@ -425,13 +425,15 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
     sums, grads = jax.tree.map(add_in_order, *all_parts)
     return update(params, opt_state, totals, sums, grads)
 
-  add_and_update = jax.jit(shard_map(add_and_update, in_specs=(replicas,) * 3 + (part_spec,) * n,
-                                     out_specs=(replicas,) * 3), donate_argnums=(0, 1, 2))
+  add_and_update = jax.jit(
+      shard_map(add_and_update, in_specs=(replicas,) * 3 + (part_spec,) * n,
+                out_specs=(replicas,) * 3), donate_argnums=(0, 1, 2))
 
   def train_step(params, opt_state, totals, seed, epoch, x, y, weight):
     own = make_parts(params, totals, seed, epoch, x, y, weight)
     return add_and_update(params, opt_state, totals, own, *distributed.rotated_shards(own, mesh))
 
+  train_step.programs = (make_parts, add_and_update)  # for inspection (tests)
   return train_step
 
 

@@ -61,3 +61,18 @@ def test_seeds_benchmark_reports_each_variant():
   assert set(report["step_ms_median"]) == {"1", "1_all_devices", "2", "2_one_device"}
   assert report["ratio"] > 0 and report["ratio_one_device"] > 0
   assert "--num_seeds=2 takes" in done.stdout
+
+
+def test_every_framework_times_a_step():
+  """One timed step of every framework on jena_gru: each peer module runs (or says it is
+  unsupported or not installed), none fails."""
+  import json
+  done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tasks=jena_gru",
+                         "--steps=1", "--sections=steps"], capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+  assert {r["framework"] for r in records} == set(run.FRAMEWORKS)
+  for record in records:
+    assert "error" not in record, record
+    assert "median_step_s" in record or "not installed" in record.get("unsupported", ""), record

@@ -166,3 +166,44 @@ def test_one_cpu_device_per_core():
   done = subprocess.run([sys.executable, "-c", code], cwd=runs.REPO, capture_output=True,
                         text=True, timeout=120, env=runs.environment(**FOUR_DEVICES))
   assert done.stdout.split() == ["0", "4"], done.stderr
+
+
+_NO_COLLECTIVES = """
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from rnn_jax import distributed, layers, metrics, optim, train
+mesh = train._mesh(None, 8)
+assert distributed.adds_by_copies(mesh) and mesh.shape["data"] == 2
+model = layers.Sequential([layers.GRU(4, recurrent_dropout=0.2), layers.Dense(1)])
+optimizer = optim.make("rmsprop", 1e-3)
+step = train._make_train_step(model, optimizer, "mae", ("mae",), mesh)
+eval_step = metrics.make_eval_step(model.apply, "mae", ("mae",), mesh)
+x, y, w = np.ones((8, 5, 3), np.float32), np.ones((8, 1), np.float32), np.ones(8, np.float32)
+replicated, rows = NamedSharding(mesh, PartitionSpec()), train._batch_sharding(mesh, 1)
+params = jax.device_put(model.init(jax.random.key(0), x), replicated)
+state = (params, jax.jit(optimizer.init)(params),
+         jax.device_put(metrics.zero_totals("mae", ("mae",)), replicated))
+fixed = jax.device_put((np.int32(0), np.int32(1)), replicated)
+batch = jax.device_put((x, y, w), rows)
+make_parts, add_and_update = step.programs
+own = make_parts(state[0], state[2], *fixed, *batch)
+texts = [make_parts.lower(state[0], state[2], *fixed, *batch).compile().as_text(),
+         add_and_update.lower(*state, own, own).compile().as_text()]
+for _ in range(300):  # dispatched ahead, as fit does
+  state = step(*state, *fixed, *batch)
+print(int(state[2]["steps"]), sum(t.count("all-reduce") + t.count("all-gather") for t in texts))
+print(metrics.run_eval(eval_step, state[0], [(x, y, w)] * 3, "mae", ("mae",), mesh))
+"""
+
+
+def test_cpu_devices_add_gradients_without_collectives():
+  """On several CPU devices of one process the train step's programs hold no XLA
+  collective (an all-reduce there deadlocked: distributed.adds_by_copies), and 300
+  steps dispatched ahead complete; eval adds per-device totals on the host."""
+  done = subprocess.run([sys.executable, "-c", _NO_COLLECTIVES], cwd=runs.REPO,
+                        capture_output=True, text=True, timeout=240,
+                        env=runs.environment(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  steps, collectives = done.stdout.split("\n")[0].split()
+  assert (steps, collectives) == ("300", "0")
+  assert "'loss'" in done.stdout.split("\n")[1]

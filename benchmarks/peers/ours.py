@@ -36,7 +36,8 @@ def make_step_fn(task: Task, num_devices: Optional[int] = None):
   net = model(task)
   optimizer = optim.keras_rmsprop(LEARNING_RATE)
   loss = _LOSSES[task.loss]
-  step_fn = train._make_train_step(net, optimizer, loss, (), mesh)  # pylint: disable=protected-access
+  step_fn = train._make_train_step(  # pylint: disable=protected-access
+      net, optimizer, loss, (), mesh)
   replicated = NamedSharding(mesh, PartitionSpec())
   rows = train._batch_sharding(mesh, 1)  # pylint: disable=protected-access
   fixed = jax.device_put((np.int32(1), np.int32(1)), replicated)  # seed, epoch
