@@ -55,6 +55,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 import numpy as np
 import optax
 from absl import flags
@@ -177,13 +178,14 @@ def cpu_devices_per_core(num_seeds: int, batch_size: int) -> int:
   """On a CPU, one device per core for training; returns the number of devices made.
 
   XLA runs a CPU device's program on one core, so a run on JAX's single CPU device
-  leaves the other cores idle. Here the mesh gets one device per core (`cpu_device_count`):
-  replicas of --num_seeds spread over them first, and the rest split each batch
-  (`shard_gradients`). Made as jax's CPU devices (`jax_num_cpu_devices`), only before
+  leaves the other cores idle. Here the mesh gets one device per core, up to
+  `MAX_CPU_DEVICES` (`cpu_device_count`): replicas of --num_seeds spread over them
+  first, and the rest split each batch (their gradients added by copies,
+  `distributed.adds_by_copies`). Made as jax's CPU devices (`jax_num_cpu_devices`), only before
   JAX's first computation and when XLA_FLAGS does not already set the number of CPU
   devices; GPU and TPU backends are untouched. Returns 0 where it changed nothing.
   """
-  devices = cpu_device_count(num_seeds, batch_size, os.cpu_count() or 1)
+  devices = cpu_device_count(num_seeds, batch_size, min(os.cpu_count() or 1, MAX_CPU_DEVICES))
   if devices < 2 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return 0
   try:
@@ -191,6 +193,12 @@ def cpu_devices_per_core(num_seeds: int, batch_size: int) -> int:
   except RuntimeError:  # JAX has computed already: keep its devices
     return 0
   return devices
+
+
+# At most this many CPU devices: each step copies every device's gradient to every other
+# (distributed.rotated_shards), n(n - 1) copies dispatched by the host, and 8 rows per
+# device of a batch of 64 are already few. (Measured on 2 cores only.)
+MAX_CPU_DEVICES = 8
 
 
 def cpu_device_count(num_seeds: int, batch_size: int, cores: int) -> int:
@@ -405,13 +413,15 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
     return jax.jit(shard_map(train_step, in_specs=state_specs + batch_specs,
                              out_specs=(replicas,) * 3), donate_argnums=(0, 1, 2))
 
-  # Each device's parts get a leading axis over 'data' (<[1, ...]> on each device).
-  part_spec = PartitionSpec("data", *replicas)
+  # Each device's parts travel as one flat vector <float32>[1, size] (a leading axis over
+  # 'data'): one copy per pair of devices rather than one per parameter.
+  part_spec = PartitionSpec(("seed", "data"))  # every device its own (replicas' parts)
   make_parts = jax.jit(shard_map(
-      lambda *args: jax.tree.map(lambda a: a[None], parts(*args)),
+      lambda *args: ravel_pytree(parts(*args))[0][None],
       in_specs=(replicas,) * 3 + (PartitionSpec(),) + batch_specs, out_specs=part_spec))
 
   n = mesh.shape["data"]
+  sum_names = ("loss", *metrics, "count")  # the keys of metrics_lib.sums
 
   def add_in_order(*shards):
     """The sum over 'data' in the same order on every device, so that the replicated
@@ -422,7 +432,9 @@ def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
     return functools.reduce(jnp.add, shards)[0]
 
   def add_and_update(params, opt_state, totals, *all_parts):
-    sums, grads = jax.tree.map(add_in_order, *all_parts)
+    # (sums, grads) have the shapes of (these totals, params): unravel by their layout.
+    _, unravel = ravel_pytree(({k: totals[k] for k in sum_names}, params))
+    sums, grads = unravel(add_in_order(*all_parts))
     return update(params, opt_state, totals, sums, grads)
 
   add_and_update = jax.jit(
