@@ -7,8 +7,8 @@
 `fit` trains a `model` (init(key, sample_x), apply(params, x, *, training, key)) on a
 `rnn_jax.data.batches.Batches` with a Keras optimizer (rnn_jax.optim), data-parallel over
 a `jax.sharding.Mesh` of `--num_devices` local devices (one device is a mesh of one; each
-device differentiates its rows and one all-reduce per step adds the gradients, see
-`shard_gradients`). On a CPU, where XLA runs one device's program on one core,
+device differentiates its rows and the gradients are added once per step, see
+`_make_train_step`). On a CPU, where XLA runs one device's program on one core,
 `TrainOptions.from_flags` makes one CPU device per core (`cpu_devices_per_core`). It
 checkpoints after every epoch (rnn_jax.checkpoints), so that `--resume` after a crash, a
 SIGKILL or a Ctrl-C ends with the same results as an uninterrupted run, and writes
@@ -333,34 +333,21 @@ def _batch_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(*(["seed"] if num_seeds > 1 else []), "data"))
 
 
-def shard_gradients(objective, params, *batch, axis_name: str = "data"):
-  """(value, aux, grads) of `objective(params, *batch) -> (value, aux)` over a whole batch,
-  called inside `shard_map` on each shard of a batch split over `axis_name`.
-
-  Each shard differentiates its own part (a sum over its rows) and the parts are added
-  with one all-reduce after the backward pass. Differentiating the whole batch under a
-  sharding annotation instead lets XLA's partitioner add the parameter gradients across
-  devices inside the backward loop, one all-reduce per time step (500 of them for IMDB).
-  Dropout masks are drawn for the whole batch (`recurrent.batch_shards`). (`fit` adds
-  the parts of several CPU devices by copies instead: `distributed.adds_by_copies`.)
-  """
-  with recurrent.batch_shards(axis_name):
-    (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(params, *batch)
-  return jax.lax.psum((value, aux, grads), axis_name)
-
-
 def _make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
                      metrics: Sequence[str], mesh: Mesh, num_seeds: int = 1):
   """(params, opt_state, totals, seed, epoch, x, y, weight) -> (params, opt_state, totals).
 
   One optimizer step on the weighted mean loss of a batch split over 'data': each device
   differentiates the loss summed over its rows, and the devices' gradients and metric
-  sums are added once per step, by one all-reduce (`shard_gradients`) or, on several CPU
-  devices, by copies between a program that makes the parts and one that adds them and
-  updates (`distributed.adds_by_copies`). `totals` accumulates the epoch's weighted sums
-  on the device (so the host never waits for a step), counts the steps (the dropout key
-  is fold_in(fold_in(key(seed), epoch), step)) and remembers the first step whose loss
-  was not finite. The first three arguments are donated. With num_seeds > 1 everything
+  sums are added once per step, after the backward pass, by one all-reduce or, on several
+  CPU devices, by copies between a program that makes the parts and one that adds them
+  and updates (`distributed.adds_by_copies`). (Differentiating the whole batch under a
+  sharding annotation instead lets XLA's partitioner add the parameter gradients across
+  devices inside the backward loop, one all-reduce per time step.) Dropout masks are
+  drawn for the whole batch (`recurrent.batch_shards`). `totals` accumulates the epoch's
+  weighted sums on the device (so the host never waits for a step), counts the steps
+  (the dropout key is fold_in(fold_in(key(seed), epoch), step)) and remembers the first
+  step whose loss was not finite. The first three arguments are donated. With num_seeds > 1 everything
   but `epoch` has a leading replica axis, split over 'seed', and the step is vmapped over
   each device's replicas.
   """
