@@ -37,6 +37,7 @@ _TIME, _FEATURES, _UNITS = 240, 14, 32
 # The loop's own pieces, so that the timed step is exactly the one `fit` runs.
 _make_train_step = train._make_train_step  # pylint: disable=protected-access
 _init_params = train._init_params  # pylint: disable=protected-access
+_initial_state = train._initial_state  # pylint: disable=protected-access
 _batch_sharding = train._batch_sharding  # pylint: disable=protected-access
 
 
@@ -52,15 +53,11 @@ def _variant(num_seeds: int, num_devices: Optional[int]):
   y = rng.normal(size=lead + [_BATCH.value, 1]).astype(np.float32)
   weight = np.ones(lead + [_BATCH.value], np.float32)
   seeds = list(range(num_seeds))
-  params = _init_params(model, _SampleBatches(x[0] if lead else x), seeds)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  replicas = distributed.replica_sharding(mesh, num_seeds)
-  params = jax.device_put(params, replicas)
-  opt_state = jax.device_put(
-      (jax.vmap(optimizer.init) if num_seeds > 1 else optimizer.init)(params), replicas)
-  totals = jax.device_put(metrics.zero_totals("mae", ("mae",), num_seeds), replicas)
-  fixed = (jax.device_put(np.asarray(seeds if lead else 0, np.int32), replicas),
-           jax.device_put(np.int32(1), replicated))
+  params, opt_state, seed_values = _initial_state(
+      _init_params(model, _SampleBatches(x[0] if lead else x), seeds), optimizer, mesh, seeds)
+  totals = jax.device_put(metrics.zero_totals("mae", ("mae",), num_seeds),
+                          distributed.replica_sharding(mesh, num_seeds))
+  fixed = (seed_values, jax.device_put(np.int32(1), NamedSharding(mesh, PartitionSpec())))
   batch = jax.device_put((x, y, weight), _batch_sharding(mesh, num_seeds))
 
   def step(state):

@@ -454,6 +454,20 @@ def _init_params(model, batches, seeds: Sequence[int]):
   return inits[0] if len(seeds) == 1 else jax.tree.map(lambda *xs: np.stack(xs), *inits)
 
 
+def _initial_state(host_params, optimizer: optax.GradientTransformation, mesh: Mesh,
+                   seeds: Sequence[int]):
+  """(params, opt_state, seed values) of a fresh run, laid out on `mesh` as the train step
+  takes them (one replica per seed, stacked when there are several)."""
+  num_seeds = len(seeds)
+  per_replica = distributed.replica_sharding(mesh, num_seeds)
+  params = distributed.put(host_params, per_replica)
+  opt_state = jax.jit(jax.vmap(optimizer.init) if num_seeds > 1 else optimizer.init,
+                      out_shardings=per_replica)(params)
+  seed_values = distributed.put(np.asarray(seeds if num_seeds > 1 else seeds[0], np.int32),
+                                per_replica)
+  return params, opt_state, seed_values
+
+
 def _save(directory: Path, name: str, state, meta, *, keep: int, kill_point: str) -> None:
   try:
     checkpoints.save(directory, name, state, meta, keep=keep,
@@ -520,12 +534,9 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
       lambda improved, new, old: jax.tree.map(
           lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
           if num_seeds > 1 else jnp.copy(n), new, old), out_shardings=per_replica)
-  seed_values = distributed.put(np.asarray(seeds if num_seeds > 1 else seeds[0], np.int32),
-                                per_replica)
 
-  params = distributed.put(_init_params(model, batches, seeds), per_replica)
-  opt_state = jax.jit(jax.vmap(optimizer.init) if num_seeds > 1 else optimizer.init,
-                      out_shardings=per_replica)(params)
+  params, opt_state, seed_values = _initial_state(_init_params(model, batches, seeds),
+                                                  optimizer, mesh, seeds)
   everyone = distributed.put(np.ones([num_seeds], bool), per_replica)
   best_params = keep_best(everyone, params, params)  # own buffers: the step donates `params`
   totals = new_totals()

@@ -40,16 +40,19 @@ def make_step_fn(task: Task, num_devices: Optional[int] = None):
       net, optimizer, loss, (), mesh)
   replicated = NamedSharding(mesh, PartitionSpec())
   rows = train._batch_sharding(mesh, 1)  # pylint: disable=protected-access
-  fixed = jax.device_put((np.int32(1), np.int32(1)), replicated)  # seed, epoch
+  epoch = jax.device_put(np.int32(1), replicated)
   weight = jax.device_put(np.ones(BATCH, np.float32), rows)
 
   def init_state(x):
-    params = jax.device_put(jax.device_get(net.init(jax.random.key(0), x)), replicated)
-    return (params, jax.jit(optimizer.init)(params),
-            jax.device_put(metrics.zero_totals(loss, ()), replicated))
+    """(params, opt_state, totals, seed) as `fit` lays them out: params of key(0), the
+    dropout keys of seed 1."""
+    params, opt_state, seed = train._initial_state(  # pylint: disable=protected-access
+        jax.device_get(net.init(jax.random.key(0), x)), optimizer, mesh, [1])
+    return params, opt_state, jax.device_put(metrics.zero_totals(loss, ()), replicated), seed
 
   def step(state, x, y):
-    state = step_fn(*state, *fixed, x, y, weight)
+    *state, seed = state
+    state = (*step_fn(*state, seed, epoch, x, y, weight), seed)
     return state, state[2]["loss"]
 
   return net, init_state, step, lambda x, y: jax.device_put((x, y), rows)
