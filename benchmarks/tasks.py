@@ -6,6 +6,7 @@ RMSprop(1e-3, rho=0.9, epsilon=1e-7) as Keras's defaults, and the task's loss.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -41,11 +42,14 @@ TASKS = {t.name: t for t in [
 ]}
 
 
-def layer_stack(layers, task: Task) -> list:
+def layer_stack(layers, task: Task, implementation: Optional[str] = None) -> list:
   """The task's model as a list of layers from `layers`, a module with Keras's layer
-  API (`keras.layers` or `rnn_jax.layers`): [Embedding] -> recurrent layers -> Dense(1)."""
+  API (`keras.layers` or `rnn_jax.layers`): [Embedding] -> recurrent layers -> Dense(1).
+  `implementation`: rnn_jax's unroll implementation (None: the layers' default)."""
   stack = [layers.Embedding(VOCAB, 32)] if task.data == "imdb" else []
   for kind, units, options in task.recurrent:
+    if implementation is not None:
+      options = {**options, "implementation": implementation}
     if kind == "bilstm":
       stack.append(layers.Bidirectional(layers.LSTM(units, **options)))
     else:

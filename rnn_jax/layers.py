@@ -115,12 +115,13 @@ class Dropout:
 
 @dataclasses.dataclass(frozen=True)
 class RNN:
-  """A recurrent layer: a `Cell` unrolled by `rnn_jax.recurrent.unroll`.
+  """A recurrent layer: any cell (`rnn_jax.cells`) unrolled by `rnn_jax.recurrent.unroll`.
 
   <float32>[batch, time, features] (or `recurrent.Embedded`) -> [batch, time, units]
   with `return_sequences`, else [batch, units]. With `return_state` the output is
   `(y, *carry_leaves)` as in Keras (`(y, h)` for GRU and SimpleRNN, `(y, h, c)` for
-  LSTM); use it as a stack's last layer.
+  LSTM); use it as a stack's last layer. `implementation` is the unroll's ("auto": the
+  platform's fast path where the cell has one).
   """
   cell: cells.Cell
   units: int
@@ -131,12 +132,16 @@ class RNN:
   recurrent_dropout: float = 0.0
   zero_output_for_mask: bool = False
   unroll: int = 1
+  implementation: str = "auto"
   takes_embedded: ClassVar[bool] = True  # see `Sequential`
 
   def init(self, key, input_shape: Shape):
     time, features = input_shape[-2], input_shape[-1]
     params = self.cell.init(key, features, self.units)
-    return params, ((time, self.units) if self.return_sequences else (self.units,))
+    # The output's width is the cell's to say (usually `units`): read off one step's shape.
+    y = jax.eval_shape(self.cell.step, params, self.cell.initial_carry(1, self.units),
+                       jax.ShapeDtypeStruct((1, features), jnp.float32))[1]
+    return params, ((time, y.shape[-1]) if self.return_sequences else (y.shape[-1],))
 
   def apply(self, params, x, mask=None, *, training=False, key=None, initial_carry=None):
     y, carry = recurrent.unroll(
@@ -147,7 +152,8 @@ class RNN:
   def unroll_kwargs(self, params, x, mask=None, *, training=False, key=None,
                     initial_carry=None) -> dict:
     """The arguments of `recurrent.unroll` (but `unroll`) for this layer on x."""
-    return dict(cell=self.cell, params=params, inputs=x, initial_carry=initial_carry,
+    return dict(cell=self.cell, params=params, inputs=x, units=self.units,
+                initial_carry=initial_carry, implementation=self.implementation,
                 mask=mask, go_backwards=self.go_backwards,
                 return_sequences=self.return_sequences,
                 zero_output_for_mask=self.zero_output_for_mask, dropout=self.dropout,
@@ -175,6 +181,11 @@ def GRU(units: int, activation="tanh", recurrent_activation="sigmoid", use_bias=
         reset_after=True, **kwargs) -> RNN:
   return RNN(cells.gru(activation, recurrent_activation, use_bias, reset_after), units,
              **kwargs)
+
+
+def MGU(units: int, activation="tanh", recurrent_activation="sigmoid", reset_gate=True,
+        **kwargs) -> RNN:
+  return RNN(cells.mgu(activation, recurrent_activation, reset_gate), units, **kwargs)
 
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
@@ -296,3 +307,17 @@ class Sequential:
       layer_key = None if key is None else jax.random.fold_in(key, i)
       x, mask = layer.apply(p, x, mask, training=training, key=layer_key)
     return x
+
+
+def with_implementation(model, implementation: str):
+  """`model` (a layer or a `Sequential`) with every recurrent layer's unroll
+  `implementation` set (see `rnn_jax.recurrent`); other layers as they are."""
+  if isinstance(model, Sequential):
+    return Sequential([with_implementation(layer, implementation) for layer in model.layers])
+  if isinstance(model, RNN):
+    return dataclasses.replace(model, implementation=implementation)
+  if isinstance(model, Bidirectional):
+    backward = model.backward_layer and with_implementation(model.backward_layer, implementation)
+    return dataclasses.replace(model, layer=with_implementation(model.layer, implementation),
+                               backward_layer=backward)
+  return model

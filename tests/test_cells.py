@@ -142,7 +142,7 @@ def test_check_grads_through_the_unroll(name):
 
     @jax.jit
     def loss(params, xs):
-      ys, carry = recurrent.unroll(cell, params, xs, mask=mask, go_backwards=True,
+      ys, carry = recurrent.unroll(cell, params, xs, units=UNITS, mask=mask, go_backwards=True,
                                    return_sequences=True, dropout=0.3, recurrent_dropout=0.3,
                                    training=True, key=jax.random.PRNGKey(2))
       return jnp.sum(ys ** 2) + sum(jnp.sum(c) for c in jax.tree_util.tree_leaves(carry))
@@ -182,7 +182,7 @@ def test_jit_vmap_grad_scan_compose(name):
   # the same loss from the batched cell run directly (no vmap), and from the layer's unroll
   _, ys = _run(cell, params, cell.initial_carry(BATCH, UNITS), jnp.swapaxes(xs, 0, 1))
   np.testing.assert_allclose(loss, jnp.mean((ys[-1] - targets) ** 2), rtol=1e-5)
-  last, _ = recurrent.unroll(cell, params, xs)
+  last, _ = recurrent.unroll(cell, params, xs, units=UNITS)
   np.testing.assert_allclose(last, ys[-1], atol=1e-6)
   # per-example gradients under vmap, averaged, are the batch gradient
   per_example = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, xs, targets)

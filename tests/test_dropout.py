@@ -28,7 +28,7 @@ def test_input_mask_is_the_same_at_every_step():
   cell, params = _identity_rnn()
   params = {**params, "recurrent_kernel": jnp.zeros((UNITS, UNITS))}  # y_t = x_t * m_x
   ones = jnp.ones((BATCH, TIME, UNITS))
-  ys, _ = recurrent.unroll(cell, params, ones, return_sequences=True, dropout=0.5,
+  ys, _ = recurrent.unroll(cell, params, ones, units=UNITS, return_sequences=True, dropout=0.5,
                            training=True, key=jax.random.PRNGKey(0))
   np.testing.assert_array_equal(ys, jnp.broadcast_to(ys[:, :1], ys.shape))  # one mask per sequence
   assert set(np.unique(np.asarray(ys))) == {0.0, 2.0}
@@ -38,7 +38,7 @@ def test_input_mask_is_the_same_at_every_step():
 def test_recurrent_mask_is_the_same_at_every_step():
   cell, params = _identity_rnn()
   x = jnp.zeros((BATCH, TIME, UNITS)).at[:, 0].set(1.0)  # h_1 = 1, then h_{t+1} = h_t * m_h
-  ys, _ = recurrent.unroll(cell, params, x, return_sequences=True, recurrent_dropout=0.5,
+  ys, _ = recurrent.unroll(cell, params, x, units=UNITS, return_sequences=True, recurrent_dropout=0.5,
                            training=True, key=jax.random.PRNGKey(1))
   mask = ys[:, 1]  # m_h
   assert set(np.unique(np.asarray(mask))) == {0.0, 2.0}
@@ -49,12 +49,12 @@ def test_recurrent_mask_is_the_same_at_every_step():
 def test_recurrent_dropout_draws_one_mask_per_gate():
   """Keras 3 (implementation=1): each gate sees its own mask of inputs and state."""
   input_mask, recurrent_mask = recurrent.sequence_dropout_masks(
-      cells.lstm(), jax.random.PRNGKey(0), (BATCH,), 3, UNITS, dropout=0.5,
+      4, jax.random.PRNGKey(0), (BATCH,), 3, UNITS, dropout=0.5,
       recurrent_dropout=0.5, training=True)
   assert input_mask.shape == (4, BATCH, 3) and recurrent_mask.shape == (4, BATCH, UNITS)
   assert not np.array_equal(recurrent_mask[0], recurrent_mask[1])
   input_mask, recurrent_mask = recurrent.sequence_dropout_masks(
-      cells.gru(), jax.random.PRNGKey(0), (BATCH,), 3, UNITS, dropout=0.5,
+      3, jax.random.PRNGKey(0), (BATCH,), 3, UNITS, dropout=0.5,
       recurrent_dropout=0.0, training=True)
   assert input_mask.shape == (1, BATCH, 3) and recurrent_mask is None
 
@@ -64,14 +64,14 @@ def test_identity_at_rate_zero_and_in_inference(make_cell):
   cell = make_cell()
   params = cell.init(jax.random.PRNGKey(0), 3, UNITS)
   x = jax.random.normal(jax.random.PRNGKey(1), (BATCH, TIME, 3))
-  plain, _ = recurrent.unroll(cell, params, x, return_sequences=True)
-  inference, _ = recurrent.unroll(cell, params, x, return_sequences=True, dropout=0.5,
+  plain, _ = recurrent.unroll(cell, params, x, units=UNITS, return_sequences=True)
+  inference, _ = recurrent.unroll(cell, params, x, units=UNITS, return_sequences=True, dropout=0.5,
                                   recurrent_dropout=0.5, training=False)
-  rate_zero, _ = recurrent.unroll(cell, params, x, return_sequences=True, dropout=0.0,
+  rate_zero, _ = recurrent.unroll(cell, params, x, units=UNITS, return_sequences=True, dropout=0.0,
                                   recurrent_dropout=0.0, training=True)  # no key needed
   np.testing.assert_array_equal(inference, plain)
   np.testing.assert_array_equal(rate_zero, plain)
-  training, _ = recurrent.unroll(cell, params, x, return_sequences=True, dropout=0.5,
+  training, _ = recurrent.unroll(cell, params, x, units=UNITS, return_sequences=True, dropout=0.5,
                                  recurrent_dropout=0.5, training=True, key=jax.random.PRNGKey(2))
   assert np.abs(training - plain).max() > 1e-3
 
@@ -84,7 +84,7 @@ def test_rate_zero_costs_nothing():
 
   def program(training, rate):
     return str(jax.make_jaxpr(lambda p, x: recurrent.unroll(
-        cell, p, x, dropout=rate, recurrent_dropout=rate, training=training,
+        cell, p, x, units=UNITS, dropout=rate, recurrent_dropout=rate, training=training,
         key=jax.random.PRNGKey(0)))(params, x))
 
   assert program(True, 0.0) == program(False, 0.5)
@@ -116,8 +116,8 @@ def test_dropout_expectation_matches_inference_for_a_linear_cell():
   """Inverted scaling: averaged over many masks, a linear RNN's output is the inference output."""
   cell, params = _identity_rnn()
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, UNITS))
-  plain, _ = recurrent.unroll(cell, params, x)
+  plain, _ = recurrent.unroll(cell, params, x, units=UNITS)
   keys = jax.random.split(jax.random.PRNGKey(1), 4000)
-  runs = jax.vmap(lambda k: recurrent.unroll(cell, params, x, dropout=0.2, training=True,
+  runs = jax.vmap(lambda k: recurrent.unroll(cell, params, x, units=UNITS, dropout=0.2, training=True,
                                              key=k)[0])(keys)
   np.testing.assert_allclose(runs.mean(axis=0), plain, atol=0.05)

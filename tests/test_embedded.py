@@ -3,7 +3,7 @@
 The unroll projects the table once and gathers each step's rows, and its backward pass
 scatters the rows' cotangents into the table's gradient. Values and gradients (of the
 table, the cell's parameters and the initial carry) must match the unroll of
-`jnp.take(table, ids, axis=0)` to 1e-5: every cell, fast and reference loops, masks,
+`jnp.take(table, ids, axis=0)` to 1e-5: every cell, every implementation, masks,
 go_backwards, input and recurrent dropout (where the table is looked up first), ids out
 of range, and through `Sequential` and `Bidirectional`.
 """
@@ -31,7 +31,7 @@ def _data(seed=0):
 
 def _loss(cell, params, table, ids, initial_carry, embedded: bool, **kwargs):
   inputs = recurrent.Embedded(table, ids) if embedded else jnp.take(table, ids, axis=0)
-  y, carry = recurrent.unroll(cell, params, inputs, initial_carry=initial_carry,
+  y, carry = recurrent.unroll(cell, params, inputs, units=UNITS, initial_carry=initial_carry,
                               key=jax.random.PRNGKey(3), **kwargs)
   weights = jnp.sin(jnp.arange(y.size, dtype=y.dtype)).reshape(y.shape)
   return jnp.sum(weights * y) + sum(jnp.sum(jnp.cos(c)) for c in jax.tree_util.tree_leaves(carry))
@@ -43,14 +43,14 @@ def _assert_close(a, b):
 
 
 @pytest.mark.parametrize("cell_name", sorted(CELLS))
-@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("implementation", ["per_gate", "fused", "recompute", "scan"])
 @pytest.mark.parametrize("options", [
     {},
     {"masked": True, "go_backwards": True, "return_sequences": True},
     {"training": True, "recurrent_dropout": 0.4},
     {"training": True, "dropout": 0.3, "masked": True},  # input dropout: looked up first
 ])
-def test_embedded_equals_looked_up_inputs(cell_name, fast, options):
+def test_embedded_equals_looked_up_inputs(cell_name, implementation, options):
   cell = CELLS[cell_name]
   table, ids, mask = _data()
   params = cell.init(jax.random.PRNGKey(1), FEATURES, UNITS)
@@ -59,11 +59,12 @@ def test_embedded_equals_looked_up_inputs(cell_name, fast, options):
         params["bias"].shape)
   carry0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_carry(BATCH, UNITS))
   options = dict(options)
-  kwargs = dict(options, mask=mask if options.pop("masked", False) else None, fast=fast)
+  kwargs = dict(options, mask=mask if options.pop("masked", False) else None)
   kwargs.pop("masked", None)
   grad = jax.value_and_grad(_loss, argnums=(1, 2, 4))
-  embedded = grad(cell, params, table, ids, carry0, True, **kwargs)
-  looked_up = grad(cell, params, table, ids, carry0, False, **kwargs)
+  embedded = grad(cell, params, table, ids, carry0, True, implementation=implementation,
+                  **kwargs)
+  looked_up = grad(cell, params, table, ids, carry0, False, implementation="scan", **kwargs)
   _assert_close(embedded, looked_up)
   assert float(jnp.abs(embedded[1][1]).sum()) > 0  # the table does get a gradient
 
@@ -73,10 +74,12 @@ def test_ids_out_of_range_give_nan_rows_as_take_does():
   table, ids, _ = _data()
   ids = ids.at[1, 2].set(VOCAB).at[2, 3].set(-1).at[2, 5].set(-VOCAB - 1)
   params = cell.init(jax.random.PRNGKey(1), FEATURES, UNITS)
-  for go_backwards in (False, True):
+  for go_backwards, implementation in [(False, "per_gate"), (True, "per_gate"),
+                                       (True, "fused")]:
     kwargs = dict(return_sequences=True, go_backwards=go_backwards)
-    y_embedded, _ = recurrent.unroll(cell, params, recurrent.Embedded(table, ids), **kwargs)
-    y_take, _ = recurrent.unroll(cell, params, jnp.take(table, ids, axis=0), **kwargs)
+    y_embedded, _ = recurrent.unroll(cell, params, recurrent.Embedded(table, ids),
+                                     units=UNITS, implementation=implementation, **kwargs)
+    y_take, _ = recurrent.unroll(cell, params, jnp.take(table, ids, axis=0), units=UNITS, **kwargs)
     np.testing.assert_array_equal(np.isnan(y_embedded), np.isnan(y_take))
     y = np.asarray(y_embedded)
     assert np.isnan(y[1]).any() and not np.isnan(y[0]).any()

@@ -181,4 +181,4 @@ def test_unroll_rejects_dropout_without_key():
   with pytest.raises(ValueError, match="PRNG key"):
     layer.apply(params, _x(), training=True)
   y, _ = layer.apply(params, _x(), training=False)
-  np.testing.assert_array_equal(y, recurrent.unroll(layer.cell, params, _x())[0])
+  np.testing.assert_array_equal(y, recurrent.unroll(layer.cell, params, _x(), units=UNITS)[0])
