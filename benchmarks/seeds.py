@@ -3,8 +3,8 @@
   python -m benchmarks.seeds [--num_seeds=4] [--steps=10] [--rounds=5] [--batch_size=128]
 
 The lecture's GRU(32) -> Dense(1) on Jena-shaped windows <float32>[batch, 240, 14], MAE
-loss, RMSprop: the very train step `fit` compiles (`train._make_train_step`), on the mesh
-`fit` builds (`train._mesh`), for
+loss, RMSprop: the very train step `fit` compiles (`train.make_train_step`), on the mesh
+`fit` builds (`train.Placement.make`), for
   * one seed on one device (on a CPU, one core);
   * one seed as `--num_seeds=1` runs it: its batch split over the devices (on a CPU,
     `train.cpu_devices_per_core` makes one device per core);
@@ -25,62 +25,43 @@ from typing import Optional
 import jax
 import numpy as np
 from absl import flags
-from jax.sharding import NamedSharding, PartitionSpec
 
-from rnn_jax import distributed, errors, layers, metrics, optim, train
+from rnn_jax import errors, layers, optim, train
 
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 4, "Seeds trained together.", lower_bound=2)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per round and variant.", lower_bound=1)
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Rounds (medians are over rounds).", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Rows per batch.", lower_bound=1)
 _TIME, _FEATURES, _UNITS = 240, 14, 32
-# The loop's own pieces, so that the timed step is exactly the one `fit` runs.
-_make_train_step = train._make_train_step  # pylint: disable=protected-access
-_init_params = train._init_params  # pylint: disable=protected-access
-_initial_state = train._initial_state  # pylint: disable=protected-access
-_batch_sharding = train._batch_sharding  # pylint: disable=protected-access
 
 
 def _variant(num_seeds: int, num_devices: Optional[int]):
   """(step(state) -> state, state) for `num_seeds` replicas, compiled and warmed up."""
-  mesh = train._mesh(num_devices, _BATCH.value, num_seeds)  # pylint: disable=protected-access
+  placement = train.Placement.make(num_devices, _BATCH.value, num_seeds)
   model = layers.Sequential([layers.GRU(_UNITS), layers.Dense(1)])
   optimizer = optim.make("rmsprop", 1e-3)
-  step_fn = _make_train_step(model, optimizer, "mae", ("mae",), mesh, num_seeds)
+  step_fn = train.make_train_step(model, optimizer, "mae", ("mae",), placement)
   rng = np.random.default_rng(0)
   lead = [num_seeds] if num_seeds > 1 else []
   x = rng.normal(size=lead + [_BATCH.value, _TIME, _FEATURES]).astype(np.float32)
   y = rng.normal(size=lead + [_BATCH.value, 1]).astype(np.float32)
   weight = np.ones(lead + [_BATCH.value], np.float32)
   seeds = list(range(num_seeds))
-  params, opt_state, seed_values = _initial_state(
-      _init_params(model, _SampleBatches(x[0] if lead else x), seeds), optimizer, mesh, seeds)
-  totals = jax.device_put(metrics.zero_totals("mae", ("mae",), num_seeds),
-                          distributed.replica_sharding(mesh, num_seeds))
-  fixed = (seed_values, jax.device_put(np.int32(1), NamedSharding(mesh, PartitionSpec())))
-  batch = jax.device_put((x, y, weight), _batch_sharding(mesh, num_seeds))
+  sample = x[0] if lead else x
+  state = train.init_state(train.init_params(model, [sample] * num_seeds, seeds), optimizer,
+                           placement, seeds, "mae", ("mae",))
+  epoch = jax.device_put(np.int32(1), placement.replicated)
+  batch = jax.device_put((x, y, weight), placement.batches)
 
   def step(state):
-    return step_fn(*state, *fixed, *batch)
+    return step_fn(state, epoch, *batch)
 
-  state = (params, opt_state, totals)
   start = time.perf_counter()
   state = jax.block_until_ready(step(state))
   compile_s = time.perf_counter() - start
   for _ in range(2):
     state = step(state)
-  return step, jax.block_until_ready(state), compile_s, mesh.devices.size
-
-
-class _SampleBatches:
-  """Just enough of a `Batches` for `train._init_params`: one sample batch."""
-
-  def __init__(self, x):
-    self.x = x
-
-  def train(self, seed, epoch):
-    del seed, epoch
-    yield self.x, None, None
+  return step, jax.block_until_ready(state), compile_s, placement.mesh.devices.size
 
 
 def _time(step, state, steps: int):

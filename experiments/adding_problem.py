@@ -43,6 +43,7 @@ def main(argv):
   for name in ("seq_len", "units", "num_train", "num_test"):
     if FLAGS[name].value < 2:
       raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
+  train.set_up(FLAGS)
   workdir = FLAGS.workdir or os.path.join("runs", "adding_problem")
   options = {m: train.TrainOptions.from_flags(FLAGS, experiment="adding_problem", model_name=m,
                                               workdir=os.path.join(workdir, m))
@@ -63,7 +64,8 @@ def main(argv):
         results[model_name] = json.load(f)
       continue
     print(f"--- {model_name}, T={FLAGS.seq_len}", flush=True)
-    results[model_name] = train.fit(MODELS[model_name](FLAGS.units), data, loss="mse",
+    model = layers.with_implementation(MODELS[model_name](FLAGS.units), FLAGS.implementation)
+    results[model_name] = train.fit(model, data, loss="mse",
                                     options=model_options).results
 
   print(f"\nAdding problem, T={FLAGS.seq_len} (predicting the mean: MSE "

@@ -70,6 +70,7 @@ def _check_flags():
 def main(argv):
   del argv
   _check_flags()
+  train.set_up(FLAGS)
   options = train.TrainOptions.from_flags(FLAGS, experiment="imdb_sentiment",
                                           model_name=FLAGS.model)
   if os.path.exists(options.workdir) and not os.path.isdir(options.workdir):
@@ -81,6 +82,7 @@ def main(argv):
                       embedding_dim=FLAGS.embedding_dim, units=FLAGS.units,
                       dropout=FLAGS.dropout, recurrent_dropout=FLAGS.recurrent_dropout,
                       mask_zero=FLAGS.mask_zero)
+  model = layers.with_implementation(model, FLAGS.implementation)
   print(f"IMDB: {len(batches.x_train)} reviews for training ({batches.steps_per_epoch} "
         f"batches), {len(batches.x_val)} for validation, {len(data.x_test)} for testing; "
         f"model {FLAGS.model}", flush=True)

@@ -298,7 +298,8 @@ def run_model(problem: Problem, plan: Plan) -> dict:
     dropout = spec.dropout if FLAGS.dropout is None else FLAGS.dropout
     recurrent_dropout = (spec.recurrent_dropout if FLAGS.recurrent_dropout is None
                          else FLAGS.recurrent_dropout)
-    model = spec.build(FLAGS.units, dropout, recurrent_dropout)
+    model = layers.with_implementation(spec.build(FLAGS.units, dropout, recurrent_dropout),
+                                       FLAGS.implementation)
     fitted = train.fit(model, batches, loss="mae", metrics=("mae",), options=options,
                        target_unit=(problem.unit, problem.target_std),
                        extra_results=problem.extra_results(batches))
@@ -328,6 +329,7 @@ def main(argv):
       raise errors.UserError(f"--{name} must be in [0, 1), got {value}")
   if FLAGS.lookback >= 1 and FLAGS.step >= 1 and FLAGS.lookback % FLAGS.step:
     raise errors.UserError(f"--step={FLAGS.step} does not divide --lookback={FLAGS.lookback}")
+  train.set_up(FLAGS)
   problem = load_problem()
   root = pathlib.Path(FLAGS.workdir or os.path.join("runs", problem.experiment))
   # Every model's windows and flags are checked before the workdir is touched.

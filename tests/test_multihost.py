@@ -170,35 +170,32 @@ def test_one_cpu_device_per_core():
 
 _NO_COLLECTIVES = """
 import jax, numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
-from rnn_jax import distributed, layers, metrics, optim, train
-mesh = train._mesh(None, 8)
-assert distributed.adds_by_copies(mesh) and mesh.shape["data"] == 2
+from rnn_jax import layers, optim, train
+placement = train.Placement.make(None, 8)
+assert placement.adds_by_copies and placement.mesh.shape["data"] == 2
 model = layers.Sequential([layers.GRU(4, recurrent_dropout=0.2), layers.Dense(1)])
 optimizer = optim.make("rmsprop", 1e-3)
-step = train._make_train_step(model, optimizer, "mae", ("mae",), mesh)
-eval_step = metrics.make_eval_step(model.apply, "mae", ("mae",), mesh)
+step = train.make_train_step(model, optimizer, "mae", ("mae",), placement)
+eval_step = train.make_eval_step(model.apply, "mae", ("mae",), placement)
 x, y, w = np.ones((8, 5, 3), np.float32), np.ones((8, 1), np.float32), np.ones(8, np.float32)
-replicated, rows = NamedSharding(mesh, PartitionSpec()), train._batch_sharding(mesh, 1)
-params = jax.device_put(model.init(jax.random.key(0), x), replicated)
-state = (params, jax.jit(optimizer.init)(params),
-         jax.device_put(metrics.zero_totals("mae", ("mae",)), replicated))
-fixed = jax.device_put((np.int32(0), np.int32(1)), replicated)
-batch = jax.device_put((x, y, w), rows)
+state = train.init_state(train.init_params(model, [x], [0]), optimizer, placement, [0], "mae",
+                         ("mae",))
+epoch = jax.device_put(np.int32(1), placement.replicated)
+batch = jax.device_put((x, y, w), placement.batches)
 make_parts, add_and_update = step.programs
-own = make_parts(state[0], state[2], *fixed, *batch)
-texts = [make_parts.lower(state[0], state[2], *fixed, *batch).compile().as_text(),
-         add_and_update.lower(*state, own, own).compile().as_text()]
+own = make_parts(state.params, state.totals, state.seeds, epoch, *batch)
+texts = [make_parts.lower(state.params, state.totals, state.seeds, epoch, *batch).compile().as_text(),
+         add_and_update.lower(state, own, own).compile().as_text()]
 for _ in range(300):  # dispatched ahead, as fit does
-  state = step(*state, *fixed, *batch)
-print(int(state[2]["steps"]), sum(t.count("all-reduce") + t.count("all-gather") for t in texts))
-print(metrics.run_eval(eval_step, state[0], [(x, y, w)] * 3, "mae", ("mae",), mesh))
+  state = step(state, epoch, *batch)
+print(int(state.totals["steps"]), sum(t.count("all-reduce") + t.count("all-gather") for t in texts))
+print(train.run_eval(eval_step, state.params, [(x, y, w)] * 3, "mae", ("mae",), placement))
 """
 
 
 def test_cpu_devices_add_gradients_without_collectives():
   """On several CPU devices of one process the train step's programs hold no XLA
-  collective (an all-reduce there deadlocked: distributed.adds_by_copies), and 300
+  collective (an all-reduce there deadlocked: Placement.adds_by_copies), and 300
   steps dispatched ahead complete; eval adds per-device totals on the host."""
   done = subprocess.run([sys.executable, "-c", _NO_COLLECTIVES], cwd=runs.REPO,
                         capture_output=True, text=True, timeout=240,

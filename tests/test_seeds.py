@@ -8,6 +8,7 @@ import pytest
 
 from rnn_jax import checkpoints, layers, train
 from rnn_jax.data.batches import ArrayBatches
+from rnn_jax.errors import UserError
 
 TIMINGS = ("seconds", "steps_per_s")
 # Dropout and recurrent dropout: the replicas' dropout keys matter too.
@@ -108,8 +109,8 @@ def test_resume_of_many_seeds_gives_the_same_results(runs, tmp_path):
 def test_bad_num_seeds_is_named():
   values = dict(epochs=1, batch_size=8, steps_per_epoch=None, validation_steps=None,
                 num_devices=None, validation_split=0.2, learning_rate=1e-3, clip_norm=None)
-  with pytest.raises(train.UserError, match="--num_seeds must be a positive integer, got 0"):
-    train._check_flags({**values, "num_seeds": 0})
+  with pytest.raises(UserError, match="--num_seeds must be a positive integer, got 0"):
+    train.check_flags({**values, "num_seeds": 0})
 
 
 def test_summarize_shows_mean_and_std_of_replicas(runs):

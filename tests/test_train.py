@@ -185,7 +185,7 @@ def test_bad_flag_values_are_named(flag, value, message):
   values = dict(epochs=1, batch_size=8, steps_per_epoch=None, validation_steps=None,
                 num_devices=None, validation_split=0.2, learning_rate=1e-3, clip_norm=None)
   with pytest.raises(UserError) as error:
-    train._check_flags({**values, flag: value})
+    train.check_flags({**values, flag: value})
   assert str(error.value).startswith(message)
 
 

@@ -1,0 +1,23 @@
+"""Training, as a package of small modules:
+
+  options    the shared absl flags and `TrainOptions` (no side effects)
+  runtime    set-up before JAX computes: processes joined, one CPU device per core
+  placement  the mesh, the shardings, and how the devices' gradients are added
+  step       `TrainState`, the train step over it, the evaluation step
+  rundir     the run directory: lock, reuse rules, checkpoint writes, signals
+  results    results.json and progress lines
+  fit        `fit`, the loop that ties them together
+
+  FLAGS = train.define_flags(epochs=10, batch_size=128)
+  train.set_up(FLAGS)                                   # first thing in main
+  options = train.TrainOptions.from_flags(FLAGS, experiment="imdb", model_name="lstm")
+  result = train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=options)
+"""
+from rnn_jax.train.fit import FitResult, fit, train_batches
+from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions, check_flags, define_flags
+from rnn_jax.train.placement import Placement, put
+from rnn_jax.train.results import write_results
+from rnn_jax.train.rundir import Diverged, Interrupted
+from rnn_jax.train.runtime import MAX_CPU_DEVICES, cpu_device_count, cpu_devices_per_core, set_up
+from rnn_jax.train.step import (TrainState, evaluate, init_params, init_state, make_eval_step,
+                                make_train_step, run_eval)

@@ -1,0 +1,248 @@
+"""`fit`: the one training loop every experiment shares.
+
+It trains a model (init(key, sample_x), apply(params, x, *, training, key)) on a
+`rnn_jax.data.batches.Batches` with a Keras optimizer (rnn_jax.optim), data-parallel over
+the placement's mesh, and checkpoints after every epoch, so that a resumed run after a
+crash, a SIGKILL or a Ctrl-C ends with the same results as an uninterrupted one. It
+writes `<workdir>/results.json`, `<workdir>/history.png` and a progress line per epoch.
+
+Many seeds: `num_seeds=N` trains N independent replicas in one compiled program, replica
+`r` exactly as a run with `seed+r` (its own initialisation, dropout keys and batch
+order; the same data, validation and test batches). results.json then holds every
+replica's results under "replicas", their "mean" and "std", and at the top level the mean
+history, val and test over replicas, with "best_epoch" the list of the replicas' best.
+
+Several processes: only the primary process takes the workdir's lock and writes
+results.json and the plots; all of them write checkpoints together (rnn_jax.checkpoints).
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax import checkpoints, distributed, optim, plots
+from rnn_jax import metrics as metrics_lib
+from rnn_jax.errors import UserError
+from rnn_jax.train import results as results_lib
+from rnn_jax.train import rundir
+from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions
+from rnn_jax.train.placement import Placement, put
+from rnn_jax.train.step import (TrainState, init_params, init_state, make_eval_step,
+                                make_train_step, new_totals, run_eval)
+
+
+class FitResult(NamedTuple):
+  results: dict  # as written to results.json
+  params: Any    # the best checkpoint's parameters
+
+
+def train_batches(batches, seeds: Sequence[int], epoch: int):
+  """The epoch's batches: replica r's from `batches.train(seeds[r], epoch)`, stacked
+  <[num_seeds, batch, ...]> (as they are for a single seed)."""
+  if len(seeds) == 1:
+    return batches.train(seeds[0], epoch)
+  return (tuple(np.stack(parts) for parts in zip(*step))
+          for step in zip(*(batches.train(seed, epoch) for seed in seeds)))
+
+
+def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: TrainOptions,
+        target_unit: Optional[tuple[str, float]] = None,
+        extra_results: Optional[Mapping[str, Any]] = None) -> FitResult:
+  """Trains `model` on `batches`, checkpointing every epoch; see the module docstring.
+
+  Args:
+    model: has init(key, sample_x) -> params and apply(params, x, *, training, key) -> y.
+    batches: a `rnn_jax.data.batches.Batches`.
+    loss: "mae" | "mse" | "bce_logits" (binary cross-entropy on logits), averaged over
+      the real rows (weight 1) of each batch.
+    metrics: a subset of ("accuracy", "mae"); accuracy compares logits > 0 with y > 0.5.
+    options: `TrainOptions`.
+    target_unit: (unit, scale): every "mae" value also gets "mae_<unit>" = mae * scale.
+    extra_results: added to results.json.
+
+  Returns:
+    FitResult(results, params) with the best epoch's (lowest validation loss; training
+    loss without validation data) params; with num_seeds > 1 stacked over replicas,
+    each replica's from its own best epoch.
+  """
+  metrics_lib.check_names(loss, metrics)
+  steps_per_epoch = options.steps_per_epoch or batches.steps_per_epoch
+  if steps_per_epoch > batches.steps_per_epoch:
+    raise UserError(f"--steps_per_epoch={steps_per_epoch} but the data has only "
+                    f"{batches.steps_per_epoch} batches per epoch")
+  if steps_per_epoch < 1:
+    raise UserError("the training data is empty: not one batch for an epoch")
+  val_steps = min(options.validation_steps or batches.val_steps, batches.val_steps)
+  placement = Placement.make(options.num_devices, batches.batch_size, options.num_seeds)
+  workdir = Path(options.workdir)
+  lock = rundir.lock(workdir) if distributed.is_primary() else contextlib.nullcontext()
+  with lock, rundir.StopOnSigint() as sigint:
+    rundir.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
+    distributed.barrier(f"fit-start-{workdir}")
+    return _fit(model, batches, loss, tuple(metrics), options, target_unit,
+                extra_results or {}, workdir, sigint, placement, steps_per_epoch, val_steps)
+
+
+def _fit(model, batches, loss, metrics, options, target_unit, extra_results, workdir, sigint,
+         placement: Placement, steps_per_epoch, val_steps):
+  ckpt_dir = workdir / "checkpoints"
+  num_seeds = options.num_seeds
+  seeds = [options.seed + r for r in range(num_seeds)]
+  per_replica = placement.per_replica
+  optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)
+  train_step = make_train_step(model, optimizer, loss, metrics, placement)
+  eval_step = make_eval_step(lambda p, x: model.apply(p, x, training=False), loss, metrics,
+                             placement)
+  # Replica r's params if improved[r], else its best ones (one replica: a fresh copy).
+  keep_best = jax.jit(
+      lambda improved, new, old: jax.tree.map(
+          lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+          if num_seeds > 1 else jnp.copy(n), new, old), out_shardings=per_replica)
+
+  sample_xs = [next(iter(batches.train(seed, 1)))[0] for seed in seeds]
+  state = init_state(init_params(model, sample_xs, seeds), optimizer, placement, seeds,
+                     loss, metrics)
+  everyone = put(np.ones([num_seeds], bool), per_replica)
+  best_params = keep_best(everyone, state.params, state.params)  # own buffers: donation
+
+  # A fresh start, or the latest good checkpoint. `meta` is the checkpoint's JSON part;
+  # meta["replicas"][r] holds replica r's history and best epoch.
+  config = {k: v for k, v in options.flags.items() if k not in RESUMABLE_FLAGS}
+  meta = {"epoch": 0, "step": 0, "seconds": 0.0, "epoch_seconds": 0.0, "config": config,
+          "replicas": [{"history": [], "best_epoch": None, "best_loss": None, "best_val": None}
+                       for _ in seeds]}
+  if options.resume:
+    target = {"params": state.params, "opt_state": state.opt_state,
+              "best_params": best_params, "totals": state.totals}
+    restored = checkpoints.restore(ckpt_dir / "latest", target)
+    if restored is None:
+      _print(f"--resume: no checkpoint in {ckpt_dir / 'latest'}; starting fresh")
+    else:
+      name, saved, meta = restored
+      rundir.check_same_config(meta["config"], config, workdir)
+      state = TrainState(saved["params"], saved["opt_state"], saved["totals"], state.seeds)
+      best_params = saved["best_params"]
+      _print(f"--resume: continuing from checkpoint {ckpt_dir / 'latest' / name}")
+  replicas = meta["replicas"]
+  seconds_before = meta["seconds"]
+  session_start = time.time()
+
+  def save_latest(epoch_done: int, step: int, epoch_seconds: float = 0.0):
+    meta.update(epoch=epoch_done, step=step, replicas=replicas, epoch_seconds=epoch_seconds,
+                seconds=seconds_before + time.time() - session_start)
+    saved = {"params": state.params, "opt_state": state.opt_state,
+             "best_params": best_params, "totals": state.totals}
+    rundir.save(ckpt_dir / "latest", f"epoch{epoch_done:06d}-step{step:06d}", saved, meta,
+                keep=2, kill_at=f"latest:{epoch_done}:{step}")
+
+  epoch_times = []
+  for epoch in range(meta["epoch"] + 1, options.epochs + 1):
+    # --- train: dispatch the steps; the device runs behind, the host does not wait
+    first_step, step = meta["step"], meta["step"]
+    epoch_start = time.time()
+    epoch_value = put(np.int32(epoch), placement.replicated)
+    for batch in itertools.islice(train_batches(batches, seeds, epoch), first_step,
+                                  steps_per_epoch):
+      state = train_step(state, epoch_value, *put(batch, placement.batches))
+      step += 1
+      rundir.kill_point(f"step:{epoch}:{step}")
+      if sigint.requested and step < steps_per_epoch:
+        save_latest(epoch - 1, step, meta["epoch_seconds"] + time.time() - epoch_start)
+        raise rundir.Interrupted(rundir.resume_hint(
+            workdir, f"interrupted in epoch {epoch} at step {step}"))
+    if step < steps_per_epoch:
+      raise UserError(f"the training data ended after {step} of {steps_per_epoch} "
+                      f"batches in epoch {epoch}")
+    train_totals = jax.device_get(state.totals)  # the one wait for the device in an epoch
+    train_seconds = time.time() - epoch_start
+    rows = metrics_lib.replica_means(train_totals, ("loss", *metrics), num_seeds)
+    for r, row in enumerate(rows):
+      if not math.isfinite(row["loss"]):
+        first = int(np.reshape(train_totals["first_nonfinite"], [-1])[r]) + 1
+        raise rundir.Diverged(
+            f"the loss is {row['loss']}{_of_seed(seeds, r)} in epoch {epoch} (first at step "
+            f"{first} of {steps_per_epoch}); stopped, keeping the checkpoint of epoch "
+            f"{epoch - 1} in {ckpt_dir}")
+
+    # --- validate, keep the best
+    if val_steps:
+      vals = run_eval(eval_step, state.params, batches.val(), loss, metrics, placement,
+                      val_steps)
+      for row, val in zip(rows, vals):
+        row.update({f"val_{k}": v for k, v in val.items()})
+    else:  # no validation data: judge by training
+      vals = [{k: row[k] for k in ("loss", *metrics)} for row in rows]
+    seconds = meta["epoch_seconds"] + time.time() - epoch_start
+    improved = []
+    for r, (replica, row, val) in enumerate(zip(replicas, rows, vals)):
+      if not math.isfinite(val["loss"]):
+        raise rundir.Diverged(
+            f"the validation loss is {val['loss']}{_of_seed(seeds, r)} after epoch {epoch}; "
+            f"stopped, keeping the checkpoint of epoch {epoch - 1} in {ckpt_dir}")
+      row.update(seconds=seconds, steps_per_s=(step - first_step) / max(train_seconds, 1e-9))
+      replica["history"].append({"epoch": epoch, **metrics_lib.with_units(row, target_unit)})
+      improved.append(replica["best_loss"] is None or val["loss"] < replica["best_loss"])
+      if improved[-1]:
+        replica.update(best_epoch=epoch, best_loss=val["loss"],
+                       best_val=metrics_lib.with_units(val, target_unit))
+    if any(improved):
+      best_params = keep_best(put(np.asarray(improved), per_replica), state.params,
+                              best_params)
+      rundir.save(ckpt_dir / "best", f"epoch{epoch:06d}", {"params": best_params},
+                  {"epoch": epoch, "best_epochs": [rep["best_epoch"] for rep in replicas],
+                   "val": [rep["best_val"] for rep in replicas]}, keep=1,
+                  kill_at=f"best:{epoch}")
+    state = state._replace(totals=new_totals(placement, loss, metrics))
+    save_latest(epoch, 0)
+    rundir.kill_point(f"epoch:{epoch}")
+
+    epoch_times.append(seconds)
+    eta = (options.epochs - epoch) * sum(epoch_times) / len(epoch_times)
+    _print(results_lib.progress_line(
+        results_lib.mean_rows([rep["history"][-1] for rep in replicas]), options.epochs, eta,
+        num_seeds))
+    if sigint.requested and epoch < options.epochs:
+      raise rundir.Interrupted(rundir.resume_hint(workdir, f"interrupted after epoch {epoch}"))
+
+  # --- test with the best parameters, write results
+  tests = [None] * num_seeds
+  if batches.test_steps:
+    tests = [metrics_lib.with_units(test, target_unit) for test in run_eval(
+        eval_step, best_params, batches.test(), loss, metrics, placement)]
+  results = {
+      "experiment": options.experiment,
+      "model": options.model_name,
+      "flags": dict(options.flags),
+      **results_lib.replica_results(replicas, tests, seeds),
+      "seconds": seconds_before + time.time() - session_start,
+      **extra_results,
+  }
+  if distributed.is_primary():
+    plots.history(results["history"], workdir / "history.png",
+                  title=options.model_name + (f", mean of {num_seeds} seeds"
+                                              if num_seeds > 1 else ""))
+    rundir.kill_point("results")
+    results_lib.write_results(workdir, results)
+  test = results["test"]
+  _print(f"best epoch {results['best_epoch']}: val {results_lib.format_metrics(results['val'])}"
+         + (f"; test {results_lib.format_metrics(test)}" if test else "")
+         + (f" (mean of {num_seeds} seeds)" if num_seeds > 1 else "") + f"; wrote {workdir}")
+  return FitResult(results, best_params)
+
+
+def _of_seed(seeds: Sequence[int], r: int) -> str:
+  return f" (replica {r}, seed {seeds[r]})" if len(seeds) > 1 else ""
+
+
+def _print(line: str) -> None:
+  """Progress on stdout, from the primary process only."""
+  if distributed.is_primary():
+    print(line, flush=True)

@@ -1,0 +1,116 @@
+"""A run's options: the shared absl flags and `TrainOptions`, built without side effects."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Mapping, Optional
+
+from absl import flags
+
+from rnn_jax import optim
+from rnn_jax.errors import UserError
+
+# Flags that may differ between a run and its resumption.
+RESUMABLE_FLAGS = ("resume", "overwrite", "epochs", "workdir", "num_devices", "implementation",
+                   "coordinator_address", "num_processes", "process_id")
+# Flags of these packages are not the experiment's: not recorded in results.json.
+_LIBRARY_MODULES = ("absl", "orbax", "jax", "jaxlib", "flax", "etils", "keras", "tensorflow")
+
+
+def define_flags(**defaults) -> flags.FlagValues:
+  """Registers the shared training flags (once) and sets the experiment's defaults."""
+  if "num_devices" not in flags.FLAGS:
+    flags.DEFINE_string("workdir", None,
+                        "Output directory (default runs/<experiment>/<model>).")
+    flags.DEFINE_integer("seed", 0, "Seed of the initialisation, dropout and shuffling.")
+    flags.DEFINE_integer("epochs", 10, "Number of epochs.")
+    flags.DEFINE_integer("batch_size", 32, "Global batch size (over all devices).")
+    flags.DEFINE_integer("steps_per_epoch", None, "Training steps per epoch (default: the data's).")
+    flags.DEFINE_integer("validation_steps", None, "Validation steps (default: the data's).")
+    flags.DEFINE_float("validation_split", 0.2, "Fraction of array data held out for validation.")
+    flags.DEFINE_enum("optimizer", "rmsprop", optim.OPTIMIZERS, "Optimizer, with Keras's defaults.")
+    flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
+    flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm.")
+    flags.DEFINE_bool("resume", False, "Continue from the workdir's latest checkpoint.")
+    flags.DEFINE_bool("overwrite", False, "Replace a finished or interrupted run in the workdir.")
+    flags.DEFINE_integer("num_devices", None, "Devices per process (default: all local "
+                         "ones); --num_seeds replicas are spread over them first, the "
+                         "rest split each batch.")
+    flags.DEFINE_integer("num_seeds", 1, "Train this many replicas at once, replica r as "
+                         "--seed=seed+r would (vmapped in one program).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for "
+                        "--num_processes > 1 (jax.distributed).")
+    flags.DEFINE_integer("num_processes", 1, "Processes (hosts) training together.")
+    flags.DEFINE_integer("process_id", 0, "This process's index in [0, --num_processes).")
+    flags.DEFINE_enum("implementation", "auto", ("auto", "scan", "recompute", "per_gate", "fused"),
+                      "How recurrent layers run their loop (rnn_jax.recurrent): auto picks "
+                      "the platform's fast path.")
+  for name, value in defaults.items():
+    if name not in flags.FLAGS:
+      raise ValueError(f"define_flags: no flag named {name!r}")
+    flags.FLAGS.set_default(name, value)
+  return flags.FLAGS
+
+
+def check_flags(values: Mapping[str, Any]) -> None:
+  """One-line UserError for the first bad shared flag value."""
+  def need(ok: bool, name: str, what: str):
+    if not ok:
+      raise UserError(f"--{name} must be {what}, got {values[name]!r}")
+  positive_int = lambda v: isinstance(v, int) and v >= 1
+  need(positive_int(values["epochs"]), "epochs", "a positive integer")
+  need(positive_int(values["batch_size"]), "batch_size", "a positive integer")
+  for name in ("steps_per_epoch", "validation_steps", "num_devices"):
+    need(values[name] is None or positive_int(values[name]), name, "a positive integer")
+  for name in ("num_seeds", "num_processes"):
+    need(positive_int(values.get(name, 1)), name, "a positive integer")
+  need(0.0 <= values["validation_split"] < 1.0, "validation_split", "in [0, 1)")
+  need(math.isfinite(values["learning_rate"]) and values["learning_rate"] > 0,
+       "learning_rate", "positive")
+  need(values["clip_norm"] is None or (math.isfinite(values["clip_norm"])
+                                       and values["clip_norm"] > 0), "clip_norm", "positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+  """Everything `fit` needs to know besides the model and the data."""
+  experiment: str
+  model_name: str
+  workdir: str
+  seed: int = 0
+  epochs: int = 10
+  optimizer: str = "rmsprop"
+  learning_rate: float = 1e-3
+  clip_norm: Optional[float] = None
+  resume: bool = False
+  overwrite: bool = False
+  num_devices: Optional[int] = None  # per process
+  num_seeds: int = 1
+  flags: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # recorded in results.json
+  steps_per_epoch: Optional[int] = None   # None: the data's own
+  validation_steps: Optional[int] = None  # None: the data's own
+
+  @classmethod
+  def from_flags(cls, flag_values: flags.FlagValues, *, experiment: str, model_name: str,
+                 workdir: Optional[str] = None) -> "TrainOptions":
+    """Options from parsed flags; bad values raise a one-line `UserError`.
+
+    `workdir` overrides --workdir (e.g. one subdirectory per model of a comparison);
+    by default it is --workdir, or runs/<experiment>/<model_name>. Nothing else happens:
+    `runtime.set_up` joins processes and makes devices.
+    """
+    recorded = {f.name: f.value for module, module_flags in
+                flag_values.flags_by_module_dict().items()
+                if module.split(".")[0] not in _LIBRARY_MODULES for f in module_flags}
+    values = {name: flag_values[name].value for name in flag_values}
+    check_flags(values)
+    return cls(
+        experiment=experiment, model_name=model_name,
+        workdir=workdir or values["workdir"] or os.path.join("runs", experiment, model_name),
+        seed=values["seed"], epochs=values["epochs"], optimizer=values["optimizer"],
+        learning_rate=values["learning_rate"], clip_norm=values["clip_norm"],
+        resume=values["resume"], overwrite=values["overwrite"],
+        num_devices=values["num_devices"], num_seeds=values["num_seeds"], flags=recorded,
+        steps_per_epoch=values["steps_per_epoch"],
+        validation_steps=values["validation_steps"])

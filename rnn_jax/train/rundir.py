@@ -1,0 +1,116 @@
+"""A run's directory: its lock, the rules for reusing it, checkpoint writes, signals and
+the fault-injection points the tests kill runs at."""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from rnn_jax import checkpoints, distributed
+from rnn_jax.errors import UserError
+
+
+class Diverged(UserError):
+  """The loss became NaN or infinite."""
+
+
+class Interrupted(UserError):
+  """SIGINT: the run stopped after saving a checkpoint."""
+
+
+def kill_point(name: str) -> None:
+  """Fault injection for tests: RNN_JAX_TEST_KILL_AT=<name> sends the process SIGKILL
+  (or RNN_JAX_TEST_KILL_SIGNAL, e.g. INT) at the named point:
+
+    step:<epoch>:<step>    after dispatching that train step (both 1-based)
+    latest:<epoch>:<step>  inside the write of that latest checkpoint, before its commit
+    best:<epoch>           inside the write of that best checkpoint, before its commit
+    epoch:<epoch>          after that epoch's checkpoints
+    results                before writing results.json
+  """
+  if os.environ.get("RNN_JAX_TEST_KILL_AT") == name:
+    signum = getattr(signal, "SIG" + os.environ.get("RNN_JAX_TEST_KILL_SIGNAL", "KILL"))
+    os.kill(os.getpid(), signum)
+
+
+class StopOnSigint:
+  """While active, the first SIGINT only sets `requested` (the loop saves and stops);
+  a second one interrupts as usual."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handler(self, signum, frame):
+    self.requested = True
+    signal.signal(signal.SIGINT, self._previous)
+    print("\nSIGINT: stopping after saving a checkpoint (Ctrl-C again to abort)",
+          file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGINT, self._handler)
+    except ValueError:  # not the main thread: leave SIGINT alone
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
+def lock(workdir: Path):
+  """An exclusive lock on the workdir for this process's lifetime (freed even by SIGKILL)."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--workdir: cannot create {workdir}: {e.strerror or e}") from None
+  lock_file = open(workdir / ".lock", "w")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    lock_file.close()
+    raise UserError(f"another run is using {workdir} (it holds {workdir / '.lock'})") from None
+  return lock_file
+
+
+def prepare(workdir: Path, *, resume: bool, overwrite: bool) -> None:
+  """Refuses to touch a finished or interrupted run unless --overwrite / --resume."""
+  ckpt_dir = workdir / "checkpoints"
+  if overwrite:
+    if distributed.is_primary():
+      for name in ("results.json", "history.png"):
+        (workdir / name).unlink(missing_ok=True)
+      shutil.rmtree(ckpt_dir, ignore_errors=True)
+  elif (workdir / "results.json").exists():
+    raise UserError(f"{workdir} already holds a finished run ({workdir / 'results.json'}); "
+                    "pass --overwrite to replace it or choose another --workdir")
+  elif not resume and checkpoints.committed(ckpt_dir / "latest"):
+    raise UserError(f"{workdir} holds an unfinished run ({ckpt_dir}); pass --resume to "
+                    "continue it or --overwrite to start over")
+
+
+def save(directory: Path, name: str, state, meta, *, keep: int, kill_at: str) -> None:
+  """A checkpoint, with a write error as a one-line `UserError`."""
+  try:
+    checkpoints.save(directory, name, state, meta, keep=keep,
+                     before_commit=lambda: kill_point(kill_at))
+  except OSError as e:
+    raise UserError(f"cannot write checkpoint {directory / name}: {e.strerror or e}") from None
+
+
+def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any],
+                      workdir: Path) -> None:
+  for name in sorted(set(saved) | set(current)):
+    if saved.get(name) != current.get(name):
+      raise UserError(f"--resume: {workdir} was trained with --{name}={saved.get(name)!r}, not "
+                      f"{current.get(name)!r}; use the same flags, or --overwrite")
+
+
+def resume_hint(workdir: Path, what: str) -> str:
+  return (f"{what}; checkpoint saved in {workdir / 'checkpoints'}, run again with --resume "
+          "to continue")
