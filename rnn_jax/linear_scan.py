@@ -10,7 +10,10 @@ alone, so the whole sequence can be computed without a loop over time.
   * log_space=True takes (log a, log b) and needs b > 0. The associative form is then
     Heinsen's (2023) scan, as in Feng et al. (2024, appendix B):
         log h_t = a*_t + logcumsumexp_{s<=t}(log b_s - a*_s),   a*_t = sum_{s<=t} log a_s,
-    which stays finite where a product of many gates in (0, 1) would underflow.
+    which stays finite where a product of many gates in (0, 1) would underflow. Its
+    price is precision: log h is a difference of numbers of size |a*_t|, which grows
+    with t, so h keeps about |a*_t| * 1e-7 of relative precision in float32 (2e-4 after
+    2000 steps of gates near 1/2, against 1e-6 for the other forms; see the tests).
 
 The initial state h0 enters linearly in both spaces, h_t = exp(a*_t) h0 + (the scan from
 zero), rather than as a first term log h0 inside the logcumsumexp as in the paper's code:

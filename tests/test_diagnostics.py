@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnn_jax import cells, diagnostics
+from rnn_jax import cells, diagnostics, min_rnn
 
 FEATURES, UNITS, BATCH, LONG = 3, 8, 4, 100
 
@@ -188,6 +188,16 @@ def test_lstm_jacobian_is_of_the_whole_carry():
                         + params["bias"])[:, UNITS:2 * UNITS])
     assert got[t] >= float(f.max()) - 1e-6
     carry, _ = cell.step(params, carry, xs[:, t])
+
+
+def test_min_gru_jacobian_is_its_keep_gate():
+  """minGRU's gates do not read h: dh_t/dh_{t-1} = diag(1 - z_t), norm max(1 - z_t)."""
+  cell = min_rnn.min_gru()
+  params = cell.init(jax.random.PRNGKey(8), FEATURES, UNITS)
+  xs = _xs(5, key=9)
+  got = diagnostics.jacobian_spectral_norms(cell, params, xs, UNITS)
+  k_z = (xs @ params["kernel"] + params["bias"])[..., :UNITS]
+  np.testing.assert_allclose(got, jnp.max(jax.nn.sigmoid(-k_z), axis=-1).mean(0), rtol=1e-6)
 
 
 def test_global_grad_norm_is_optax_global_norm():
