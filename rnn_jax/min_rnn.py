@@ -20,7 +20,16 @@ Each cell bundles the contract of `rnn_jax.cells`,
 
 and the parallel form, `coefficients(params, xs, log_space=False)` -> (a, b) or
 (log a, log b) <float32>[batch, time, units] for every step in one matmul, which
-`rnn_jax.linear_scan.linear_recurrence(a, b, h0)` turns into the states.
+`rnn_jax.linear_scan.linear_recurrence(a, b, h0)` turns into the states:
+
+  cell = min_gru()
+  params = cell.init(key, features, units)
+  a, b = cell.coefficients(params, xs)                  # xs <float32>[batch, time, features]
+  hs = linear_recurrence(a, b, cell.initial_carry(batch, units))  # [batch, time, units]
+
+the same states as `lax.scan` over `cell.step`, in O(log time) depth. The log form
+(log_space=True on both) is the paper's, for long sequences; 1 - z is computed as
+sigmoid(-k_z) in every form, the same number without the cancellation where z ~ 1.
 
 Gate order in `kernel` and `bias` (Keras's, less the gates that are gone): minGRU z, h
 (GRU's z, r, h); minLSTM i, f, h (LSTM's i, f, c, o). Kernel glorot uniform over the fused
@@ -66,8 +75,8 @@ def log_g(x: Array) -> Array:
 
 def _init(num_gates: int):
   def init(key, input_size, units, dtype=jnp.float32):
-    return {"kernel": jax.nn.initializers.glorot_uniform()(key, (input_size, num_gates * units), dtype),
-            "bias": jnp.zeros((num_gates * units,), dtype)}
+    kernel = jax.nn.initializers.glorot_uniform()(key, (input_size, num_gates * units), dtype)
+    return {"kernel": kernel, "bias": jnp.zeros((num_gates * units,), dtype)}
   return init
 
 
@@ -92,12 +101,12 @@ def min_gru() -> MinCell:
 
   def step(params, h, x_t):
     k_z, k_h = _gates(params, x_t, 2)
-    # 1 - z as sigmoid(-k_z): the same number, without the cancellation where z ~ 1.
     h = jax.nn.sigmoid(-k_z) * h + jax.nn.sigmoid(k_z) * g(k_h)
     return h, h
 
   def coefficients(params, xs, log_space=False):
-    """(a, b) = (1 - z, z h~) <float32>[batch, time, units]; logs with `log_space`:
+    """xs <float32>[batch, time, features] -> (a, b) = (1 - z, z h~)
+    <float32>[batch, time, units]; logs with `log_space`:
     log z = -softplus(-k_z), log(1 - z) = -softplus(k_z)."""
     k_z, k_h = _gates(params, xs, 2)
     if log_space:
@@ -117,7 +126,8 @@ def min_lstm() -> MinCell:
     return h, h
 
   def coefficients(params, xs, log_space=False):
-    """(a, b) = (f', i' h~) <float32>[batch, time, units]; logs with `log_space`:
+    """xs <float32>[batch, time, features] -> (a, b) = (f', i' h~)
+    <float32>[batch, time, units]; logs with `log_space`:
     log f' = -softplus(d), log i' = -softplus(-d)."""
     k_i, k_f, k_h = _gates(params, xs, 3)
     d = _log_gate_ratio(k_i, k_f)
