@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick start: creates .venv on first use, installs the project, then
 #   ./run.sh                 the adding-problem comparison (offline, a few minutes on 2 cores)
-#   ./run.sh test [ARGS]     the test suite (pytest ARGS)
+#   ./run.sh test [ARGS]     the test suite, in parallel (what CI runs; pytest ARGS)
+#   ./run.sh quick [ARGS]    the suite without the end-to-end subprocess runs (the dev loop)
 #   ./run.sh NAME [--flags]  python -m experiments.NAME --flags
 #   ./run.sh bench [--flags] python -m benchmarks.run --flags
 set -euo pipefail
@@ -26,12 +27,14 @@ install core -e .
 case "${1:-}" in
   "")
     exec "$VENV/bin/python" -m experiments.adding_problem ;;
-  test)
-    shift
+  test|quick)
+    mode="$1"; shift
     install test -e ".[test]"
     # PyTorch 2.13.0's CPU wheel lies on these machines' disk; its parity tests need it.
     install torch "torch==2.13.0"
-    exec "$VENV/bin/python" -m pytest "$@" ;;
+    # pyproject.toml's default deselects `slow`; quick also leaves out `e2e`.
+    if [ "$mode" = quick ]; then set -- -m "not slow and not e2e" "$@"; fi
+    exec "$VENV/bin/python" -m pytest -n auto "$@" ;;
   bench)
     shift
     install test -e ".[test]"

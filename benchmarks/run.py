@@ -2,6 +2,13 @@
 
   python -m benchmarks.run [--tasks=jena_gru,imdb_lstm] [--frameworks=rnn_jax,flax]
                            [--steps=20] [--rounds=1] [--sections=steps,sampler,epoch]
+  python -m benchmarks.run --accelerator    # every layout and the accelerator peers
+
+rnn_jax is `rnn_jax` (the platform's default implementation) and, per implementation,
+`rnn_jax_per_gate`, `rnn_jax_fused`, `rnn_jax_scan` (see rnn_jax.recurrent).
+--accelerator times the steps of every task for every rnn_jax implementation, Flax,
+PyTorch (cuDNN on a GPU) and jax.experimental.rnn's cuDNN LSTM, one round, on whatever
+device JAX and PyTorch find: the GPU table of docs/performance.md, in a few minutes.
 
 steps:   every (framework, task) pair runs in its own subprocess (Keras's backend is fixed
          at import; peak memory is per pair) on the same batch (`benchmarks.tasks`): one
@@ -20,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +41,10 @@ from benchmarks.lecture_generator import lecture_generator
 from rnn_jax import errors
 from rnn_jax.errors import UserError
 
-FRAMEWORKS = ("rnn_jax", "rnn_jax_one_device", "flax", "keras_jax", "torch", "keras_tf")
+IMPLEMENTATIONS = ("rnn_jax_per_gate", "rnn_jax_fused", "rnn_jax_scan")
+FRAMEWORKS = ("rnn_jax", "rnn_jax_one_device", *IMPLEMENTATIONS, "flax", "keras_jax", "torch",
+              "keras_tf", "jax_cudnn")
+ACCELERATOR_FRAMEWORKS = ("rnn_jax", *IMPLEMENTATIONS, "flax", "torch", "jax_cudnn")
 SECTIONS = ("steps", "sampler", "epoch")
 
 _TASKS = flags.DEFINE_list("tasks", list(tasks_lib.TASKS), "Tasks to time.")
@@ -43,6 +54,9 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps per (framework, ta
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "Repeat the sweep, frameworks interleaved.",
                                lower_bound=1)
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), "What to run: steps,sampler,epoch.")
+_ACCELERATOR = flags.DEFINE_bool("accelerator", False, "Time every task's steps for every "
+                                  "rnn_jax implementation and the accelerator peers "
+                                  f"({','.join(ACCELERATOR_FRAMEWORKS)}), one round.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: FRAMEWORK:TASK or epoch:FRAMEWORK:DATA.")
 _WARMUP = 2
 
@@ -64,9 +78,16 @@ def _peer(framework: str):
   if framework == "flax":
     from benchmarks.peers import flax_linen
     return flax_linen
+  if framework == "jax_cudnn":
+    from benchmarks.peers import jax_cudnn
+    return jax_cudnn
   from benchmarks.peers import ours
   if framework == "rnn_jax_one_device":
     return types.SimpleNamespace(train_step=functools.partial(ours.train_step, num_devices=1))
+  if framework in IMPLEMENTATIONS:
+    implementation = framework[len("rnn_jax_"):]
+    return types.SimpleNamespace(train_step=functools.partial(ours.train_step,
+                                                              implementation=implementation))
   return ours
 
 
@@ -202,7 +223,13 @@ def machine() -> str:
       cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()}, Python {platform.python_version()}"
+  accelerator = ""  # named without starting JAX here, which would take the GPU's memory
+  if shutil.which("nvidia-smi"):
+    done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                          capture_output=True, text=True, check=False)
+    accelerator = "".join(f", {name}" for name in done.stdout.splitlines() if name.strip())
+  return (f"{cpu}, {os.cpu_count()} CPUs{accelerator}, {platform.system()}, "
+          f"Python {platform.python_version()}")
 
 
 def markdown_table(results: list[dict], task_names, frameworks) -> str:
@@ -252,6 +279,9 @@ def main(argv) -> None:
   for name in _SECTIONS.value:
     if name not in SECTIONS:
       raise UserError(f"--sections: unknown section {name!r}; known: {', '.join(SECTIONS)}")
+  if _ACCELERATOR.value:
+    flags.FLAGS.frameworks = list(ACCELERATOR_FRAMEWORKS)
+    flags.FLAGS.sections = ["steps"]
   print(f"# machine: {machine()}", flush=True)
   print(f"# command: python -m benchmarks.run --tasks={','.join(_TASKS.value)} "
         f"--frameworks={','.join(_FRAMEWORKS.value)} --steps={_STEPS.value} "

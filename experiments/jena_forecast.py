@@ -329,11 +329,11 @@ def main(argv):
       raise errors.UserError(f"--{name} must be in [0, 1), got {value}")
   if FLAGS.lookback >= 1 and FLAGS.step >= 1 and FLAGS.lookback % FLAGS.step:
     raise errors.UserError(f"--step={FLAGS.step} does not divide --lookback={FLAGS.lookback}")
-  train.set_up(FLAGS)
   problem = load_problem()
   root = pathlib.Path(FLAGS.workdir or os.path.join("runs", problem.experiment))
   # Every model's windows and flags are checked before the workdir is touched.
   plans = [plan_model(problem, model_name, root) for model_name in FLAGS.model]
+  train.set_up(FLAGS)  # before JAX's first computation
   for path in [root] + [pathlib.Path(plan.options.workdir) for plan in plans]:
     if path.exists() and not path.is_dir():
       raise errors.UserError(f"--workdir: {path} exists and is not a directory")

@@ -368,7 +368,7 @@ def from_torch(module) -> tuple[Callable[..., Any], dict]:
         index = i * len(directions) + d
         carry = None if hx is None else jax.tree_util.tree_map(lambda h: h[index], hx)
         y, carry = recurrent.unroll(cell, params[f"l{i}{direction}"], sequence,
-                                    units=hidden_size, initial_carry=carry, go_backwards=bool(direction),
+                                    units=module.hidden_size, initial_carry=carry, go_backwards=bool(direction),
                                     return_sequences=True)
         outputs.append(jnp.flip(y, axis=1) if direction else y)  # back in time order
         finals.append(carry)

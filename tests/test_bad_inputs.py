@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.e2e  # subprocess runs of the experiments: see pyproject.toml
+
 REPO = Path(__file__).resolve().parents[1]
 
 _DRIVER = r"""

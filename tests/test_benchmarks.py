@@ -3,8 +3,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from benchmarks import run, tasks
+
+pytestmark = pytest.mark.e2e  # subprocess runs of the experiments: see pyproject.toml
 
 
 def test_lecture_generator_matches_rnn_jax_windows():
@@ -75,4 +78,6 @@ def test_every_framework_times_a_step():
   assert {r["framework"] for r in records} == set(run.FRAMEWORKS)
   for record in records:
     assert "error" not in record, record
-    assert "median_step_s" in record or "not installed" in record.get("unsupported", ""), record
+    unsupported = record.get("unsupported", "")
+    assert ("median_step_s" in record or "not installed" in unsupported
+            or record["framework"] == "jax_cudnn" and "GPU" in unsupported), record

@@ -10,6 +10,8 @@ import pytest
 
 import training_runs as runs
 
+pytestmark = pytest.mark.e2e  # subprocess runs of the experiments: see pyproject.toml
+
 
 def test_two_processes_and_four_devices_agree(tmp_path):
   first, second, four = tmp_path / "first", tmp_path / "second", tmp_path / "four"

@@ -7,6 +7,8 @@ import pytest
 
 import training_runs as runs
 
+pytestmark = pytest.mark.e2e  # subprocess runs of the experiments: see pyproject.toml
+
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):

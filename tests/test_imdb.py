@@ -278,6 +278,7 @@ def _run_experiment(tmp_path, *flags, timeout=600, cache=None):
   return proc, (json.loads(results.read_text()) if results.exists() else None)
 
 
+@pytest.mark.e2e
 def test_experiment_end_to_end(tmp_path):
   many = {key: [f"{text} number {i}" for i in range(8) for text in texts]
           for key, texts in REVIEWS.items()}
@@ -303,6 +304,7 @@ def test_experiment_end_to_end(tmp_path):
     ("--max_features=3", "error: --max_features must be at least 4 (ids 0-2 are padding, "
                          "start, OOV), got 3\n"),
 ])
+@pytest.mark.e2e
 def test_experiment_bad_input_is_one_line(tmp_path, flag, message):
   proc, results = _run_experiment(tmp_path, flag.format(tmp=tmp_path),
                                   f"--workdir={tmp_path / 'run'}")

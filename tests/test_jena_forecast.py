@@ -89,6 +89,7 @@ def all_models(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.e2e
 def test_every_model_runs_end_to_end(all_models):
   assert (all_models / "target.png").is_file()
   assert (all_models / "target_first_10_days.png").is_file()
@@ -105,6 +106,7 @@ def test_every_model_runs_end_to_end(all_models):
       assert results["flags"]["epochs"] == 1
 
 
+@pytest.mark.e2e
 def test_naive_baseline_is_the_lecture_s(all_models):
   """The lecture's evaluate_naive_method: mean |last target of the window - target|."""
   results = json.loads((all_models / "naive" / "results.json").read_text())
@@ -115,6 +117,7 @@ def test_naive_baseline_is_the_lecture_s(all_models):
   np.testing.assert_allclose(results["val"]["mae"], np.mean(np.abs(preds - targets)), rtol=1e-5)
 
 
+@pytest.mark.e2e
 def test_summarize_builds_its_table_and_chart(all_models):
   proc = run("experiments.summarize", f"--workdir={all_models}")
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -125,6 +128,7 @@ def test_summarize_builds_its_table_and_chart(all_models):
   assert (all_models / "summary.md").read_text().strip() == proc.stdout.split("\nwrote")[0].strip()
 
 
+@pytest.mark.e2e
 def test_a_bad_cell_is_one_line_and_exit_2(tmp_path):
   data = jena_csv(tmp_path / "bad.csv", rows=30)
   lines = data.read_text().splitlines()

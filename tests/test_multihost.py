@@ -13,6 +13,8 @@ import training_runs as runs
 from test_imdb import REVIEWS, make_archive
 from test_jena_forecast import jena_csv
 
+pytestmark = pytest.mark.e2e  # subprocess runs of the experiments: see pyproject.toml
+
 FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 
 

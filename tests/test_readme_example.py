@@ -36,3 +36,13 @@ def test_layers_example_runs(capsys):
   assert "'kernel': (64, 192)" in printed  # GRU(64) over the Bidirectional's 2*32 features
   logits, noisy = np.asarray(namespace["logits"]), np.asarray(namespace["noisy"])
   assert np.all(np.isfinite(logits)) and not np.allclose(logits, noisy)  # dropout changed it
+
+
+def test_user_cell_example_runs(capsys):
+  namespace = {}
+  exec(compile(_python_block("## Writing your own cell"), str(README), "exec"), namespace)  # pylint: disable=exec-used
+  assert "(4, 1)" in capsys.readouterr().out
+  y = np.asarray(namespace["y"])
+  assert y.shape == (4, 1) and np.all(np.isfinite(y))
+  params = namespace["params"]
+  assert set(params[1]) == {"w", "u", "b"} and params[1]["u"].shape == (16,)
