@@ -21,16 +21,15 @@ from pathlib import Path
 from absl import flags
 
 from benchmarks import run as run_lib
-from benchmarks import tasks as tasks_lib
 from rnn_jax import errors
 from rnn_jax.errors import UserError
 
+# --tasks, --frameworks (default here: rnn_jax), --rounds and --steps are benchmarks.run's.
 _OTHER = flags.DEFINE_string("other", None, "The other checkout (a directory).")
-_TASKS = flags.DEFINE_list("tasks", list(tasks_lib.TASKS), "Tasks to time.")
-_FRAMEWORKS = flags.DEFINE_list("frameworks", ["rnn_jax"], "Timed in both checkouts.")
 _NEW = flags.DEFINE_list("new_frameworks", [], "Timed in this checkout only.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds, checkouts alternating.", lower_bound=1)
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per worker.", lower_bound=1)
+FLAGS = flags.FLAGS
+FLAGS.set_default("frameworks", ["rnn_jax"])
+FLAGS.set_default("rounds", 3)
 HERE = Path(__file__).resolve().parents[1]
 
 
@@ -51,21 +50,21 @@ def main(argv):
   other = Path(_OTHER.value).resolve()
   print(f"# machine: {run_lib.machine()}\n# this: {HERE}\n# other: {other}", flush=True)
   times: dict = {}
-  for round_index in range(_ROUNDS.value):
-    for task in _TASKS.value:
+  for round_index in range(FLAGS.rounds):
+    for task in FLAGS.tasks:
       order = [("this", HERE), ("other", other)]
       if round_index % 2:
         order.reverse()
-      runs = [(name, path, f) for name, path in order for f in _FRAMEWORKS.value]
+      runs = [(name, path, f) for name, path in order for f in FLAGS.frameworks]
       runs += [("this", HERE, f) for f in _NEW.value]
       for name, path, framework in runs:
-        record = _worker(path, framework, task, _STEPS.value)
+        record = _worker(path, framework, task, FLAGS.steps)
         print(f"# round {round_index}: {name} {json.dumps(record)}", file=sys.stderr, flush=True)
         if "median_step_s" in record:
           times.setdefault((name, framework, task), []).append(record["median_step_s"])
   rows = ["| task | framework | other (ms) | this (ms) | this / other |", "|---|---|---|---|---|"]
-  for task in _TASKS.value:
-    for framework in _FRAMEWORKS.value + _NEW.value:
+  for task in FLAGS.tasks:
+    for framework in FLAGS.frameworks + _NEW.value:
       this = times.get(("this", framework, task))
       base = times.get(("other", framework, task)) or times.get(("other", "rnn_jax", task))
       if not this:
