@@ -66,7 +66,7 @@ def step_gradient_norms(cell, params, xs: Array, units: int, *,
        after step t (for an LSTM, h and c together)}.
 
   The step's output y_t is taken to be the leaf of its new carry that it returns as
-  y_t, the same array (h: every cell of rnn_jax and rnn_jax.min_rnn does so). For a
+  y_t, the same array (h: every cell of rnn_jax.cells does so). For a
   cell whose output is an array apart from its carry, d_states[t] counts only the
   paths from h_t through later steps, not the one through y_t.
   """

@@ -188,6 +188,16 @@ def MGU(units: int, activation="tanh", recurrent_activation="sigmoid", reset_gat
   return RNN(cells.mgu(activation, recurrent_activation, reset_gate), units, **kwargs)
 
 
+def MinGRU(units: int, **kwargs) -> RNN:
+  """minGRU (Feng et al. 2024): the whole sequence in one matmul and one linear scan."""
+  return RNN(cells.min_gru(), units, **kwargs)
+
+
+def MinLSTM(units: int, **kwargs) -> RNN:
+  """minLSTM (Feng et al. 2024): the whole sequence in one matmul and one linear scan."""
+  return RNN(cells.min_lstm(), units, **kwargs)
+
+
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
 

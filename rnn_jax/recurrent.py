@@ -13,7 +13,11 @@ How the loop is computed is one switch, `implementation=` (see `resolve_implemen
   "recompute"  the same loop with a backward pass that saves only the carries: any cell.
   "per_gate"   the CPU gate layout, for cells that declare one (`cells.Gates`).
   "fused"      the accelerator gate layout: input projection hoisted, fused matmuls.
-  "auto"       per_gate on CPU and fused on GPU/TPU for cells with a gate layout, else scan.
+  "associative"  for cells linear in their state (`cells.Linear`: minGRU, minLSTM): one
+               input matmul, then the linear recurrence by a log-space associative scan.
+  "linear_scan"  the same with a sequential scan of the linear map.
+  "auto"       per_gate on CPU and fused on GPU/TPU for cells with a gate layout;
+               linear_scan on CPU and associative elsewhere for linear cells; else scan.
 
 The speed paths live in `rnn_jax._fast_paths`, which says why each is as it is.
 """
@@ -25,13 +29,15 @@ from typing import Any, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import _fast_paths
-from rnn_jax.cells.base import Gates
+from rnn_jax import _fast_paths, linear_scan
+from rnn_jax.cells.base import Gates, Linear
 
 Array = jax.Array
 
-IMPLEMENTATIONS = ("auto", "scan", "recompute", "per_gate", "fused")
+IMPLEMENTATIONS = ("auto", "scan", "recompute", "per_gate", "fused", "associative",
+                   "linear_scan")
 _GATE_LAYOUTS = ("per_gate", "fused")
+_LINEAR = ("associative", "linear_scan")
 
 
 def gates_of(cell) -> Optional[Gates]:
@@ -40,20 +46,34 @@ def gates_of(cell) -> Optional[Gates]:
   return gates if isinstance(gates, Gates) else None
 
 
+def linear_of(cell) -> Optional[Linear]:
+  """The cell's declared linear form, or None."""
+  linear = getattr(cell, "linear", None)
+  return linear if isinstance(linear, Linear) else None
+
+
 def resolve_implementation(cell, implementation: str = "auto") -> str:
   """The implementation `unroll` uses for `cell`: `implementation` itself, or for "auto"
-  the platform's gate layout (per_gate on CPU, fused elsewhere) where the cell declares
-  one, and the portable "scan" where it does not."""
+  the platform's fast path for what the cell declares (a gate layout: per_gate on CPU,
+  fused elsewhere; a linear form: linear_scan on CPU, associative elsewhere), and the
+  portable "scan" where it declares neither."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r} is not one of {IMPLEMENTATIONS}")
-  gated = gates_of(cell) is not None
+  cpu = jax.default_backend() == "cpu"
   if implementation == "auto":
-    if not gated:
-      return "scan"
-    return "per_gate" if jax.default_backend() == "cpu" else "fused"
-  if implementation in _GATE_LAYOUTS and not gated:
+    if gates_of(cell) is not None:
+      return "per_gate" if cpu else "fused"
+    if linear_of(cell) is not None:
+      # The sequential scan of the linear map is the faster on CPU (docs/performance.md).
+      return "linear_scan" if cpu else "associative"
+    return "scan"
+  if implementation in _GATE_LAYOUTS and gates_of(cell) is None:
     raise ValueError(f"implementation={implementation!r} needs a cell that declares its gate "
                      f"layout (cells.Gates); {type(cell).__name__} does not: use 'scan' or "
+                     "'recompute'")
+  if implementation in _LINEAR and linear_of(cell) is None:
+    raise ValueError(f"implementation={implementation!r} needs a cell linear in its state "
+                     f"(cells.Linear); {type(cell).__name__} is not: use 'scan' or "
                      "'recompute'")
   return implementation
 
@@ -198,6 +218,12 @@ def unroll_together(calls: Sequence[dict], *, unroll: int = 1) -> list[tuple[Arr
   of a Bidirectional layer: one loop instead of two halves the per-step overhead, and
   the two independent chains of small kernels in each step can run on two cores.
   """
+  linear = [resolve_implementation(kwargs["cell"], kwargs.get("implementation", "auto"))
+            in _LINEAR for kwargs in calls]
+  if any(linear):  # no loop over time: each on its own, the rest in one loop
+    looped = iter(unroll_together([k for k, l in zip(calls, linear) if not l], unroll=unroll)
+                  if not all(linear) else [])
+    return [_linear_unroll(**kwargs) if l else next(looped) for kwargs, l in zip(calls, linear)]
   loops = [_loop(**kwargs) for kwargs in calls]
 
   def step(params, carry, xs_t, consts):
@@ -311,3 +337,42 @@ def _portable_body(cell, params, x, input_mask, recompute: bool) -> _fast_paths.
     return cell.step(params, carry, x_t if input_mask is None else x_t * input_mask[0])
   return _fast_paths.LoopBody(params, jnp.swapaxes(x, 0, 1), input_mask, step,
                               recompute=recompute)
+
+
+def _linear_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask=None,
+                   go_backwards=False, return_sequences=False, zero_output_for_mask=False,
+                   dropout=0.0, recurrent_dropout=0.0, training=False, key=None,
+                   implementation="auto"):
+  """`unroll` of a cell linear in its state (`cells.Linear`): the coefficients of every
+  step in one matmul, then h_t = a_t * h_{t-1} + b_t by `linear_scan.linear_recurrence`.
+  A masked step keeps h (a = 1, b = 0), which is also its output."""
+  implementation = resolve_implementation(cell, implementation)
+  x = inputs.lookup() if isinstance(inputs, Embedded) else inputs
+  batch, _, input_size = x.shape
+  if recurrent_dropout:
+    raise ValueError(f"recurrent_dropout: {type(cell).__name__} is linear in its state, with "
+                     "no recurrent weights to drop")
+  if initial_carry is None:
+    if units is None:
+      raise ValueError("unroll needs units= (or initial_carry=) to start the cell's carry")
+    initial_carry = cell.initial_carry(batch, units, x.dtype)
+  input_mask, _ = sequence_dropout_masks(None, key, (batch,), input_size, units, dropout, 0.0,
+                                         training, x.dtype)
+  if input_mask is not None:
+    x = x * input_mask[0][:, None, :]
+  if go_backwards:
+    x, mask = x[:, ::-1], None if mask is None else mask[:, ::-1]
+  mask = None if mask is None else mask.astype(bool)
+  log_space = implementation == "associative"
+  a, b = linear_of(cell).coefficients(params, x, log_space=log_space)
+  hs = linear_scan.linear_recurrence(a, b, initial_carry, mask=mask, log_space=log_space,
+                                     method="associative" if log_space else "sequential")
+  final = hs[:, -1]
+  if return_sequences:
+    if mask is not None and zero_output_for_mask:
+      hs = jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
+    return hs, final
+  last = final
+  if mask is not None and zero_output_for_mask:
+    last = jnp.where(mask[:, -1:], last, jnp.zeros_like(last))
+  return last, final

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnn_jax import cells, diagnostics, min_rnn
+from rnn_jax import cells, diagnostics
 
 FEATURES, UNITS, BATCH, LONG = 3, 8, 4, 100
 
@@ -192,7 +192,7 @@ def test_lstm_jacobian_is_of_the_whole_carry():
 
 def test_min_gru_jacobian_is_its_keep_gate():
   """minGRU's gates do not read h: dh_t/dh_{t-1} = diag(1 - z_t), norm max(1 - z_t)."""
-  cell = min_rnn.min_gru()
+  cell = cells.min_gru()
   params = cell.init(jax.random.PRNGKey(8), FEATURES, UNITS)
   xs = _xs(5, key=9)
   got = diagnostics.jacobian_spectral_norms(cell, params, xs, UNITS)

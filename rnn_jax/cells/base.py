@@ -15,6 +15,7 @@ matmuls it asks for through a `matmuls` function. That lets the unroll choose ho
 compute them (one matmul per gate on CPU, one fused matmul on accelerators, see
 `rnn_jax._gate_layouts`) and apply Keras's per-gate recurrent dropout. SimpleRNN, LSTM
 and GRU declare it; a cell that does not still runs everywhere, on the portable path.
+A cell linear in its state (minGRU, minLSTM) may declare that instead (`Linear`).
 """
 from __future__ import annotations
 
@@ -54,6 +55,17 @@ class Gates(NamedTuple):
   input_projection: Callable[[Params], tuple[Array, Optional[Array]]]
   recurrence: Callable[[Params, Carry, Array, Matmuls], tuple[Carry, Array]]
   output: Callable[[Carry], Array]
+
+
+class Linear(NamedTuple):
+  """A cell whose step is linear in its state, h_t = a_t * h_{t-1} + b_t with (a_t, b_t)
+  functions of x_t alone and output h_t (minGRU, minLSTM): the unroll then computes a
+  whole sequence's coefficients in one matmul and the states by one linear scan.
+
+    coefficients(params, xs <[batch, time, features]>, log_space=False) -> (a, b)
+    <[batch, time, units]>, or (log a, log b) with `log_space` (then b > 0).
+  """
+  coefficients: Callable[..., tuple[Array, Array]]
 
 
 class GatedCell(NamedTuple):

@@ -2,7 +2,7 @@
 
 A GRU and an LSTM stripped until their gates read only x_t: no recurrent kernel, no
 tanh on the state. Then h_t = a_t * h_{t-1} + b_t with a_t, b_t functions of x_t alone,
-and a whole sequence is one matmul and one linear scan (`rnn_jax.linear_scan`).
+and a whole sequence is one matmul and one linear scan (`rnn_jax.linear_scan`; the unroll's `associative` and `linear_scan` implementations).
 
   minGRU:  z_t = sigmoid(x_t W_z + b_z),  h~_t = g(x_t W_h + b_h)
            h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
@@ -18,7 +18,7 @@ Each cell bundles the contract of `rnn_jax.cells`,
   initial_carry(batch_size, units, dtype) -> zeros <float32>[*batch, units]
   step(params, h, x_t) -> (h, h)
 
-and the parallel form, `coefficients(params, xs, log_space=False)` -> (a, b) or
+and the parallel form (`cells.Linear`), `coefficients(params, xs, log_space=False)` -> (a, b) or
 (log a, log b) <float32>[batch, time, units] for every step in one matmul, which
 `rnn_jax.linear_scan.linear_recurrence(a, b, h0)` turns into the states:
 
@@ -48,17 +48,23 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cells.base import Linear
+
 Array = jax.Array
 
 
 class MinCell(NamedTuple):
-  """A minGRU or minLSTM: the cell contract plus `coefficients`. See the module docstring."""
+  """A minGRU or minLSTM: the cell contract plus its `linear` form. See the module docstring."""
   name: str
   num_gates: int
   init: Callable[..., dict]
   initial_carry: Callable[..., Array]
   step: Callable[..., tuple[Array, Array]]
-  coefficients: Callable[..., tuple[Array, Array]]
+  linear: Linear
+
+  @property
+  def coefficients(self) -> Callable[..., tuple[Array, Array]]:
+    return self.linear.coefficients
 
 
 def g(x: Array) -> Array:
@@ -90,12 +96,6 @@ def _gates(params, x, num_gates):
   return jnp.split(x @ params["kernel"] + params["bias"], num_gates, axis=-1)
 
 
-def _log_gate_ratio(k_i: Array, k_f: Array) -> Array:
-  """d = log i - log f = softplus(-k_f) - softplus(-k_i), so that f' = sigmoid(-d) and
-  i' = sigmoid(d): the ratios f / (f + i) as one sigmoid, with no division by a small f + i."""
-  return jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
-
-
 def min_gru() -> MinCell:
   """minGRU: gates z, h; h_t = (1 - z_t) h_{t-1} + z_t g(k_h)."""
 
@@ -113,26 +113,4 @@ def min_gru() -> MinCell:
       return -jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_g(k_h)
     return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * g(k_h)
 
-  return MinCell("min_gru", 2, _init(2), _initial_carry, step, coefficients)
-
-
-def min_lstm() -> MinCell:
-  """minLSTM: gates i, f, h; h_t = f'_t h_{t-1} + i'_t g(k_h), f' and i' normalised."""
-
-  def step(params, h, x_t):
-    k_i, k_f, k_h = _gates(params, x_t, 3)
-    d = _log_gate_ratio(k_i, k_f)
-    h = jax.nn.sigmoid(-d) * h + jax.nn.sigmoid(d) * g(k_h)
-    return h, h
-
-  def coefficients(params, xs, log_space=False):
-    """xs <float32>[batch, time, features] -> (a, b) = (f', i' h~)
-    <float32>[batch, time, units]; logs with `log_space`:
-    log f' = -softplus(d), log i' = -softplus(-d)."""
-    k_i, k_f, k_h = _gates(params, xs, 3)
-    d = _log_gate_ratio(k_i, k_f)
-    if log_space:
-      return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_g(k_h)
-    return jax.nn.sigmoid(-d), jax.nn.sigmoid(d) * g(k_h)
-
-  return MinCell("min_lstm", 3, _init(3), _initial_carry, step, coefficients)
+  return MinCell("min_gru", 2, _init(2), _initial_carry, step, Linear(coefficients))
