@@ -245,7 +245,7 @@ def evaluate(step: Callable, params: Any, initial_carry: Any, xs: Array, *,
   hs, iterations, converged = states(params, xs, h0)
   if warn:
     jax.debug.callback(functools.partial(_warn, method=method, fallback=fallback),
-                       converged, iterations)
+                       converged, iterations, ordered=True)
   hp = jnp.concatenate([h0[None], hs[:-1]])
   outputs = jax.vmap(jax.vmap(output, (None, 0, 0)), (None, 0, 0))(params, hp, xs)
   return Solution(outputs, jax.vmap(unravel)(hs[-1]), iterations, converged)
