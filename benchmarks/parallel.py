@@ -126,7 +126,7 @@ def main(argv):
         row = dict(method=method, length=length, units=units, batch=_BATCH.value)
         needed = _memory_gb(method, length, _BATCH.value, units, train=True)
         if needed > _MAX_MEMORY_GB.value:
-          row["skipped"] = f"memory ({needed:.1f} GB > --max_memory_gb)"
+          row["skipped"] = f"memory ({needed:.3g} GB > --max_memory_gb)"
         else:
           row.update(_measure(method, params, xs, units))
         rows.append(row)
