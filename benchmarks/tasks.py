@@ -24,6 +24,12 @@ class Task:
   data: str                  # "jena": <float32>[B, 240, 14] -> [B, 1]; "imdb": <int32>[B, 500] -> {0, 1}
   loss: str                  # "mae" | "bce"
   recurrent: tuple           # ((kind, units, options), ...), kind "gru" | "lstm" | "bilstm"
+                             # | "min_gru" | "min_lstm"
+
+  @property
+  def minimal(self) -> bool:
+    """minGRU / minLSTM (Feng et al. 2024): rnn_jax only."""
+    return any(kind.startswith("min_") for kind, _, _ in self.recurrent)
 
   @property
   def dropout(self) -> bool:
@@ -39,6 +45,8 @@ TASKS = {t.name: t for t in [
           ("gru", 64, {"activation": "relu", "dropout": 0.1, "recurrent_dropout": 0.5}))),
     Task("imdb_lstm", "imdb", "bce", (("lstm", 32, {}),)),
     Task("imdb_bilstm", "imdb", "bce", (("bilstm", 32, {}),)),
+    Task("jena_min_gru", "jena", "mae", (("min_gru", 32, {}),)),
+    Task("imdb_min_lstm", "imdb", "bce", (("min_lstm", 32, {}),)),
 ]}
 
 
@@ -53,7 +61,8 @@ def layer_stack(layers, task: Task, implementation: Optional[str] = None) -> lis
     if kind == "bilstm":
       stack.append(layers.Bidirectional(layers.LSTM(units, **options)))
     else:
-      stack.append({"gru": layers.GRU, "lstm": layers.LSTM}[kind](units, **options))
+      stack.append({"gru": layers.GRU, "lstm": layers.LSTM, "min_gru": layers.MinGRU,
+                    "min_lstm": layers.MinLSTM}[kind](units, **options))
   stack.append(layers.Dense(1, activation="sigmoid" if task.loss == "bce" else None))
   return stack
 
@@ -75,6 +84,11 @@ def flops_per_step(task: Task) -> float:
   time, features = (JENA_SHAPE if task.data == "jena" else (IMDB_SHAPE[0], 32))
   total = 0.0
   for kind, units, _ in task.recurrent:
+    if kind.startswith("min_"):  # input projections only: (2 or 3 gates) x features
+      gates = 2 if kind == "min_gru" else 3
+      total += 2 * BATCH * time * gates * units * features
+      features = units
+      continue
     gates = 3 if kind == "gru" else 4
     directions = 2 if kind == "bilstm" else 1
     total += directions * 2 * BATCH * time * gates * units * (features + units)

@@ -133,6 +133,7 @@ class RNN:
   zero_output_for_mask: bool = False
   unroll: int = 1
   implementation: str = "auto"
+  method: str = "deer"  # implementation="parallel"'s Newton method
   takes_embedded: ClassVar[bool] = True  # see `Sequential`
 
   def init(self, key, input_shape: Shape):
@@ -154,6 +155,7 @@ class RNN:
     """The arguments of `recurrent.unroll` (but `unroll`) for this layer on x."""
     return dict(cell=self.cell, params=params, inputs=x, units=self.units,
                 initial_carry=initial_carry, implementation=self.implementation,
+                method=self.method,
                 mask=mask, go_backwards=self.go_backwards,
                 return_sequences=self.return_sequences,
                 zero_output_for_mask=self.zero_output_for_mask, dropout=self.dropout,

@@ -50,7 +50,19 @@ def zero_totals(loss: str, metrics: Sequence[str], num_seeds: int = 1) -> dict:
   totals = {name: np.zeros(shape, np.float32) for name in ("loss", *metrics, "count")}
   totals["steps"] = np.zeros(shape, np.int32)            # steps taken in this epoch
   totals["first_nonfinite"] = -np.ones(shape, np.int32)  # first step with a NaN/inf loss
+  totals["grad_norm"] = np.zeros(shape, np.float32)      # sum of the steps' gradient norms
+  totals["clipped"] = np.zeros(shape, np.float32)        # steps whose gradient was clipped
   return totals
+
+
+def step_means(totals: Mapping[str, Any], num_seeds: int) -> list:
+  """Per replica: the epoch's mean global gradient norm (before clipping) and the
+  fraction of steps that clipping changed."""
+  steps = np.maximum(np.reshape(totals["steps"], [-1]), 1)
+  norms = np.reshape(totals["grad_norm"], [-1]) / steps
+  clipped = np.reshape(totals["clipped"], [-1]) / steps
+  return [{"grad_norm": float(n), "clip_fraction": float(c)}
+          for n, c in zip(norms[:num_seeds], clipped[:num_seeds])]
 
 
 def means(totals: Mapping[str, Any], names: Sequence[str]) -> dict:

@@ -16,6 +16,9 @@ How the loop is computed is one switch, `implementation=` (see `resolve_implemen
   "associative"  for cells linear in their state (`cells.Linear`: minGRU, minLSTM): one
                input matmul, then the linear recurrence by a log-space associative scan.
   "linear_scan"  the same with a sequential scan of the linear map.
+  "parallel"   any cell, in parallel over time by Newton's method (`rnn_jax.parallel`:
+               method="deer" | "quasi_deer" | "elk" | "quasi_elk"), falling back to the
+               sequential result with a warning where it does not converge.
   "auto"       per_gate on CPU and fused on GPU/TPU for cells with a gate layout;
                linear_scan on CPU and associative elsewhere for linear cells; else scan.
 
@@ -29,13 +32,13 @@ from typing import Any, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import _fast_paths, linear_scan
+from rnn_jax import _fast_paths, linear_scan, parallel
 from rnn_jax.cells.base import Gates, Linear
 
 Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "scan", "recompute", "per_gate", "fused", "associative",
-                   "linear_scan")
+                   "linear_scan", "parallel")
 _GATE_LAYOUTS = ("per_gate", "fused")
 _LINEAR = ("associative", "linear_scan")
 
@@ -175,7 +178,8 @@ def unroll(cell, params, inputs, *,
            training: bool = False,
            key: Optional[Array] = None,
            unroll: int = 1,
-           implementation: str = "auto") -> tuple[Array, Any]:
+           implementation: str = "auto",
+           method: str = "deer") -> tuple[Array, Any]:
   """Runs `cell` over a batch of sequences.
 
   Args:
@@ -195,8 +199,10 @@ def unroll(cell, params, inputs, *,
       the recurrent state (the latter for cells with a gate layout: one mask per gate);
       active only with `training=True`, and then `key` is needed.
     unroll: how many steps `lax.scan` unrolls per loop iteration.
-    implementation: "auto" | "scan" | "recompute" | "per_gate" | "fused" (see the module
-      docstring); the values are the same either way.
+    implementation: "auto" | "scan" | "recompute" | "per_gate" | "fused" | "associative" |
+      "linear_scan" | "parallel" (see the module docstring); the values are the same
+      either way (to the Newton tolerance for "parallel").
+    method: the Newton method of implementation="parallel".
 
   Returns:
     (outputs, final_carry): outputs <float32>[batch, time, units] with
@@ -207,7 +213,7 @@ def unroll(cell, params, inputs, *,
       mask=mask, go_backwards=go_backwards, return_sequences=return_sequences,
       zero_output_for_mask=zero_output_for_mask, dropout=dropout,
       recurrent_dropout=recurrent_dropout, training=training, key=key,
-      implementation=implementation)], unroll=unroll)
+      implementation=implementation, method=method)], unroll=unroll)
   return result
 
 
@@ -218,12 +224,15 @@ def unroll_together(calls: Sequence[dict], *, unroll: int = 1) -> list[tuple[Arr
   of a Bidirectional layer: one loop instead of two halves the per-step overhead, and
   the two independent chains of small kernels in each step can run on two cores.
   """
-  linear = [resolve_implementation(kwargs["cell"], kwargs.get("implementation", "auto"))
-            in _LINEAR for kwargs in calls]
-  if any(linear):  # no loop over time: each on its own, the rest in one loop
-    looped = iter(unroll_together([k for k, l in zip(calls, linear) if not l], unroll=unroll)
-                  if not all(linear) else [])
-    return [_linear_unroll(**kwargs) if l else next(looped) for kwargs, l in zip(calls, linear)]
+  kinds = [resolve_implementation(kwargs["cell"], kwargs.get("implementation", "auto"))
+           for kwargs in calls]
+  apart = [kind in _LINEAR or kind == "parallel" for kind in kinds]
+  if any(apart):  # no loop over time: each on its own, the rest in one loop
+    looped = iter(unroll_together([k for k, a in zip(calls, apart) if not a], unroll=unroll)
+                  if not all(apart) else [])
+    return [(_linear_unroll if kind in _LINEAR else _parallel_unroll)(**kwargs) if a
+            else next(looped) for kwargs, kind, a in zip(calls, kinds, apart)]
+  calls = [{k: v for k, v in kwargs.items() if k != "method"} for kwargs in calls]
   loops = [_loop(**kwargs) for kwargs in calls]
 
   def step(params, carry, xs_t, consts):
@@ -342,7 +351,7 @@ def _portable_body(cell, params, x, input_mask, recompute: bool) -> _fast_paths.
 def _linear_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask=None,
                    go_backwards=False, return_sequences=False, zero_output_for_mask=False,
                    dropout=0.0, recurrent_dropout=0.0, training=False, key=None,
-                   implementation="auto"):
+                   implementation="auto", method=None):
   """`unroll` of a cell linear in its state (`cells.Linear`): the coefficients of every
   step in one matmul, then h_t = a_t * h_{t-1} + b_t by `linear_scan.linear_recurrence`.
   A masked step keeps h (a = 1, b = 0), which is also its output."""
@@ -376,3 +385,53 @@ def _linear_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask
   if mask is not None and zero_output_for_mask:
     last = jnp.where(mask[:, -1:], last, jnp.zeros_like(last))
   return last, final
+
+
+def _parallel_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask=None,
+                     go_backwards=False, return_sequences=False, zero_output_for_mask=False,
+                     dropout=0.0, recurrent_dropout=0.0, training=False, key=None,
+                     implementation="parallel", method="deer"):
+  """`unroll` by `parallel.evaluate`: the step sees (carry, previous output) and the
+  padding mask as one more input column, so that a masked step keeps both."""
+  x = inputs.lookup() if isinstance(inputs, Embedded) else inputs
+  batch, time, input_size = x.shape
+  if recurrent_dropout:
+    raise ValueError("recurrent_dropout is not available with implementation='parallel'")
+  if initial_carry is None:
+    if units is None:
+      raise ValueError("unroll needs units= (or initial_carry=) to start the cell's carry")
+    initial_carry = cell.initial_carry(batch, units, x.dtype)
+  input_mask, _ = sequence_dropout_masks(None, key, (batch,), input_size, units, dropout, 0.0,
+                                         training, x.dtype)
+  if input_mask is not None:
+    x = x * input_mask[0][:, None, :]
+  keep = jnp.ones((batch, time), x.dtype) if mask is None else mask.astype(x.dtype)
+  xs = jnp.swapaxes(jnp.concatenate([x, keep[..., None]], axis=-1), 0, 1)
+  if go_backwards:
+    xs = xs[::-1]
+  y_shape = jax.eval_shape(cell.step, params, initial_carry,
+                           jax.ShapeDtypeStruct((batch, input_size), x.dtype))[1]
+
+  def step(params, state, x_t):
+    carry, y_previous = state
+    x_t, keep_t = x_t[..., :-1], x_t[..., -1:] > 0
+    new_carry, y = cell.step(params, carry, x_t)
+    new_carry = jax.tree_util.tree_map(lambda n, o: jnp.where(keep_t, n, o), new_carry, carry)
+    y = jnp.where(keep_t, y, y_previous)
+    return (new_carry, y), y
+
+  solution = parallel.evaluate(step, params,
+                               (initial_carry, jnp.zeros(y_shape.shape, y_shape.dtype)), xs,
+                               method=method)
+  carry, last = solution.final_carry
+  step_mask = None if mask is None else jnp.swapaxes(keep, 0, 1)
+  if step_mask is not None and go_backwards:
+    step_mask = step_mask[::-1]
+  if return_sequences:
+    ys = solution.outputs
+    if step_mask is not None and zero_output_for_mask:
+      ys = jnp.where(step_mask[..., None] > 0, ys, jnp.zeros_like(ys))
+    return jnp.swapaxes(ys, 0, 1), carry
+  if step_mask is not None and zero_output_for_mask:
+    last = jnp.where(step_mask[-1][:, None] > 0, last, jnp.zeros_like(last))
+  return last, carry

@@ -194,3 +194,21 @@ def test_steps_and_devices_checked_against_the_data(tmp_path):
     train.fit(MODEL, _data(), loss="mse", options=_options(tmp_path, steps_per_epoch=99))
   with pytest.raises(UserError, match=r"--num_devices=64 but only \d+ local device"):
     train.fit(MODEL, _data(), loss="mse", options=_options(tmp_path, num_devices=64))
+
+
+def test_history_holds_the_gradient_norm_and_how_often_clipping_fired(tmp_path):
+  """Per epoch: the mean global gradient norm before clipping, and the fraction of steps
+  that --clip_norm changed (all of them for a tiny norm, none for a huge one)."""
+  runs = {}
+  for name, clip in [("tiny", 1e-6), ("huge", 1e6), ("none", None)]:
+    runs[name] = train.fit(MODEL, _data(), loss="mse", options=_options(
+        tmp_path / name, epochs=2, clip_norm=clip)).results["history"]
+  for name, history in runs.items():
+    assert all(row["grad_norm"] > 0 and math.isfinite(row["grad_norm"]) for row in history)
+  assert [row["clip_fraction"] for row in runs["tiny"]] == [1.0, 1.0]
+  assert [row["clip_fraction"] for row in runs["huge"]] == [0.0, 0.0]
+  assert [row["clip_fraction"] for row in runs["none"]] == [0.0, 0.0]
+  # The norm is taken before clipping: the first epoch starts from the same params.
+  assert runs["tiny"][0]["grad_norm"] != runs["huge"][1]["grad_norm"]
+  saved = json.loads((tmp_path / "none" / "results.json").read_text())
+  assert "grad_norm" in saved["history"][0]

@@ -6,6 +6,12 @@ class Unsupported(Exception):
   """The framework lacks something the task needs (the message says what)."""
 
 
+def require_classic_cells(task) -> None:
+  """Peers have no minGRU / minLSTM layer."""
+  if task.minimal:
+    raise Unsupported("no minGRU / minLSTM layer")
+
+
 def jax_loss(name: str, pred, y):
   """The task's loss in JAX (mean over the batch) for the JAX peers: MAE, or Keras's
   binary cross-entropy on sigmoid probabilities (clipped to [1e-7, 1 - 1e-7])."""

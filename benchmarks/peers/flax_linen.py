@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks.peers import Unsupported, jax_loss as loss_fn
+from benchmarks.peers import Unsupported, jax_loss as loss_fn, require_classic_cells
 from benchmarks.tasks import LEARNING_RATE, VOCAB, Task
 from rnn_jax import optim
 
@@ -34,6 +34,7 @@ class Model(nn.Module):
 
 
 def train_step(task: Task, x, y):
+  require_classic_cells(task)
   if task.dropout:
     raise Unsupported("flax.linen's recurrent cells have no (recurrent) dropout")
   if len(task.recurrent) > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from benchmarks.peers import require_classic_cells
 from benchmarks.tasks import LEARNING_RATE, Task, layer_stack
 
 
@@ -18,6 +19,7 @@ def model(task: Task) -> keras.Model:
 
 
 def train_step(task: Task, x, y):
+  require_classic_cells(task)
   keras.utils.set_random_seed(0)
   net = model(task)
   return lambda: float(net.train_on_batch(x, y))

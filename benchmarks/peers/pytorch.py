@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks.peers import Unsupported
+from benchmarks.peers import Unsupported, require_classic_cells
 from benchmarks.tasks import LEARNING_RATE, VOCAB, Task
 
 
@@ -30,6 +30,7 @@ class Model(nn.Module):
 
 
 def train_step(task: Task, x, y):
+  require_classic_cells(task)
   if task.dropout:
     raise Unsupported("torch.nn.GRU/LSTM have no recurrent dropout (nor relu GRUs)")
   torch.manual_seed(0)

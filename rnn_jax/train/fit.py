@@ -98,7 +98,8 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   seeds = [options.seed + r for r in range(num_seeds)]
   per_replica = placement.per_replica
   optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)
-  train_step = make_train_step(model, optimizer, loss, metrics, placement)
+  train_step = make_train_step(model, optimizer, loss, metrics, placement,
+                               clip_norm=options.clip_norm)
   eval_step = make_eval_step(lambda p, x: model.apply(p, x, training=False), loss, metrics,
                              placement)
   # Replica r's params if improved[r], else its best ones (one replica: a fresh copy).
@@ -164,6 +165,8 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
     train_totals = jax.device_get(state.totals)  # the one wait for the device in an epoch
     train_seconds = time.time() - epoch_start
     rows = metrics_lib.replica_means(train_totals, ("loss", *metrics), num_seeds)
+    for row, gradients in zip(rows, metrics_lib.step_means(train_totals, num_seeds)):
+      row.update(gradients)
     for r, row in enumerate(rows):
       if not math.isfinite(row["loss"]):
         first = int(np.reshape(train_totals["first_nonfinite"], [-1])[r]) + 1

@@ -58,15 +58,17 @@ def new_totals(placement: Placement, loss: str, metrics: Sequence[str]) -> dict:
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
-                    metrics: Sequence[str], placement: Placement) -> Callable:
+                    metrics: Sequence[str], placement: Placement, *,
+                    clip_norm: Optional[float] = None) -> Callable:
   """(state, epoch, x, y, weight) -> state: one optimizer step on the weighted mean loss.
 
   Each device differentiates the loss summed over its rows and the sums are added over
   'data' (`Placement.data_parallel_step`). Dropout masks are drawn for the whole batch
   (`recurrent.batch_shards`), so a run's numbers do not depend on the device count.
   `totals` accumulates the epoch's weighted sums on the device (so the host never waits
-  for a step), counts the steps and remembers the first step whose loss was not finite.
-  The state is donated.
+  for a step), counts the steps, remembers the first step whose loss was not finite,
+  and adds up the global norm of each step's gradient (before `optimizer` clips it) and
+  the steps whose norm exceeds `clip_norm`. The state is donated.
   """
   num_seeds = placement.num_seeds
   batched = (lambda f, *axes: jax.vmap(f, in_axes=axes)) if num_seeds > 1 else (
@@ -88,8 +90,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
   def update(state, sums, grads):
     """The optimizer step from the whole batch's sums and gradient."""
     count = jnp.maximum(sums["count"], 1.0)
-    updates, opt_state = optimizer.update(jax.tree.map(lambda g: g / count, grads),
-                                          state.opt_state, state.params)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     totals = state.totals
     step = totals["steps"]
@@ -98,6 +101,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
     totals["first_nonfinite"] = jnp.where(
         (totals["first_nonfinite"] < 0) & ~jnp.isfinite(sums["loss"] / count), step,
         totals["first_nonfinite"])
+    totals["grad_norm"] = totals["grad_norm"] + norm
+    if clip_norm is not None:
+      totals["clipped"] = totals["clipped"] + (norm > clip_norm).astype(jnp.float32)
     return TrainState(params, opt_state, totals, state.seeds)
 
   replicas = placement.per_replica.spec
