@@ -11,6 +11,7 @@ replica trains on the same sequences, those of --data_seed (default: --seed): re
 is the run with --seed=seed+r --data_seed=seed.
 """
 import dataclasses
+import functools
 import json
 import os
 
@@ -19,13 +20,21 @@ from absl import flags
 from rnn_jax import errors, layers, plots, train
 from rnn_jax.data import adding
 
-MODELS = {
-    "simple_rnn": lambda units: layers.Sequential([layers.SimpleRNN(units), layers.Dense(1)]),
-    "lstm": lambda units: layers.Sequential([layers.LSTM(units), layers.Dense(1)]),
-    "gru": lambda units: layers.Sequential([layers.GRU(units), layers.Dense(1)]),
-}
+RECURRENT = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU,
+             "min_gru": layers.MinGRU, "min_lstm": layers.MinLSTM}
+DEFAULT_MODELS = ["simple_rnn", "lstm", "gru"]
 
-flags.DEFINE_list("models", list(MODELS), f"Models to compare, from {list(MODELS)}.")
+
+def build_model(name: str, units: int, *, activation=None, reset_after=None,
+                head: str = "dense") -> layers.Sequential:
+  """<float32>[batch, T, 2] -> the predicted sum <float32>[batch, 1]."""
+  options = layers.lecture_options(name, activation, reset_after)
+  return layers.Sequential([RECURRENT[name](units, **options), *layers.head(head, units)])
+
+
+MODELS = {name: functools.partial(build_model, name) for name in RECURRENT}
+
+flags.DEFINE_list("models", DEFAULT_MODELS, f"Models to compare, from {list(MODELS)}.")
 flags.DEFINE_integer("seq_len", 100, "Sequence length T.")
 flags.DEFINE_integer("units", 32, "Units of each recurrent layer.")
 flags.DEFINE_integer("num_train", 10000, "Training + validation sequences.")
@@ -64,7 +73,10 @@ def main(argv):
         results[model_name] = json.load(f)
       continue
     print(f"--- {model_name}, T={FLAGS.seq_len}", flush=True)
-    model = layers.with_implementation(MODELS[model_name](FLAGS.units), FLAGS.implementation)
+    model = layers.with_implementation(
+        MODELS[model_name](FLAGS.units, activation=FLAGS.activation,
+                           reset_after=FLAGS.reset_after, head=FLAGS.head),
+        FLAGS.implementation)
     results[model_name] = train.fit(model, data, loss="mse",
                                     options=model_options).results
 

@@ -19,15 +19,20 @@ from absl import flags
 from rnn_jax import errors, layers, train
 from rnn_jax.data import imdb
 
-# name -> the recurrent part, given (units, dropout, recurrent_dropout).
+# name -> the recurrent part, given (units, dropout, recurrent_dropout, lecture options).
+# reversed_lstm reads each review reversed before padding (REVERSED), as the lecture does.
 RECURRENT = {
-    "simple_rnn": lambda units, **dropouts: layers.SimpleRNN(units, **dropouts),
-    "lstm": lambda units, **dropouts: layers.LSTM(units, **dropouts),
-    "gru": lambda units, **dropouts: layers.GRU(units, **dropouts),
-    "reversed_lstm": lambda units, **dropouts: layers.LSTM(units, go_backwards=True, **dropouts),
-    "bidirectional_lstm": lambda units, **dropouts: layers.Bidirectional(
-        layers.LSTM(units, **dropouts)),
+    "simple_rnn": lambda units, **options: layers.SimpleRNN(units, **options),
+    "lstm": lambda units, **options: layers.LSTM(units, **options),
+    "gru": lambda units, **options: layers.GRU(units, **options),
+    "reversed_lstm": lambda units, **options: layers.LSTM(units, **options),
+    "bidirectional_lstm": lambda units, **options: layers.Bidirectional(
+        layers.LSTM(units, **options)),
+    "min_gru": lambda units, **options: layers.MinGRU(units, **options),
+    "min_lstm": lambda units, **options: layers.MinLSTM(units, **options),
 }
+REVERSED = ("reversed_lstm",)
+_KIND = {"reversed_lstm": "lstm", "bidirectional_lstm": "lstm"}  # for the lecture options
 
 flags.DEFINE_enum("model", "lstm", list(RECURRENT), "Which recurrent layer reads the review.")
 flags.DEFINE_string("data_path", None, "A local aclImdb_v1.tar.gz (or Keras's imdb.npz); "
@@ -47,12 +52,14 @@ FLAGS = train.define_flags(epochs=10, batch_size=128, validation_split=0.2,
 
 def build_model(name: str, *, max_features: int, embedding_dim: int, units: int,
                 dropout: float = 0.0, recurrent_dropout: float = 0.0,
-                mask_zero: bool = False) -> layers.Sequential:
+                mask_zero: bool = False, activation=None, reset_after=None,
+                head: str = "dense") -> layers.Sequential:
   """ids <int32>[batch, time] -> logits <float32>[batch, 1]."""
+  options = layers.lecture_options(_KIND.get(name, name), activation, reset_after)
   return layers.Sequential([
       layers.Embedding(max_features, embedding_dim, mask_zero=mask_zero),
-      RECURRENT[name](units, dropout=dropout, recurrent_dropout=recurrent_dropout),
-      layers.Dense(1),
+      RECURRENT[name](units, dropout=dropout, recurrent_dropout=recurrent_dropout, **options),
+      *layers.head(head, units),
   ])
 
 
@@ -75,13 +82,15 @@ def main(argv):
                                           model_name=FLAGS.model)
   if os.path.exists(options.workdir) and not os.path.isdir(options.workdir):
     raise errors.UserError(f"--workdir: {options.workdir} exists and is not a directory")
-  data = imdb.load(FLAGS.data_path, num_words=FLAGS.max_features, maxlen=FLAGS.maxlen)
+  data = imdb.load(FLAGS.data_path, num_words=FLAGS.max_features, maxlen=FLAGS.maxlen,
+                   reverse=FLAGS.model in REVERSED)
   batches = imdb.batches(data, batch_size=FLAGS.batch_size,
                          validation_split=FLAGS.validation_split)
   model = build_model(FLAGS.model, max_features=FLAGS.max_features,
                       embedding_dim=FLAGS.embedding_dim, units=FLAGS.units,
                       dropout=FLAGS.dropout, recurrent_dropout=FLAGS.recurrent_dropout,
-                      mask_zero=FLAGS.mask_zero)
+                      mask_zero=FLAGS.mask_zero, activation=FLAGS.activation,
+                      reset_after=FLAGS.reset_after, head=FLAGS.head)
   model = layers.with_implementation(model, FLAGS.implementation)
   print(f"IMDB: {len(batches.x_train)} reviews for training ({batches.steps_per_epoch} "
         f"batches), {len(batches.x_val)} for validation, {len(data.x_test)} for testing; "

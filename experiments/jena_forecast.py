@@ -34,40 +34,64 @@ from rnn_jax import errors, layers, plots_forecast, train
 from rnn_jax.data import jena, timeseries, windows
 
 L = layers
+# Each builder: (units, dropout, recurrent_dropout, lecture) -> model, with `lecture` the
+# --activation, --reset_after and --head choices (None: the layer's default).
 
 
-def _gru(units, dropout, recurrent_dropout):
-  return L.Sequential([L.GRU(units, dropout=dropout, recurrent_dropout=recurrent_dropout),
-                       L.Dense(1)])
+def _options(kind, lecture, **defaults):
+  return {**defaults, **L.lecture_options(kind, lecture.get("activation"),
+                                          lecture.get("reset_after"))}
 
 
-def _stacked_gru(units, dropout, recurrent_dropout):
+def _head(units, lecture):
+  return L.head(lecture.get("head", "dense"), units)
+
+
+def _gru(units, dropout, recurrent_dropout, lecture):
+  return L.Sequential([L.GRU(units, dropout=dropout, recurrent_dropout=recurrent_dropout,
+                             **_options("gru", lecture)), *_head(units, lecture)])
+
+
+def _stacked_gru(units, dropout, recurrent_dropout, lecture):
   return L.Sequential([
       L.GRU(units, dropout=dropout, recurrent_dropout=recurrent_dropout,
-            return_sequences=True),
-      L.GRU(2 * units, activation="relu", dropout=dropout, recurrent_dropout=recurrent_dropout),
-      L.Dense(1)])
+            return_sequences=True, **_options("gru", lecture)),
+      L.GRU(2 * units, dropout=dropout, recurrent_dropout=recurrent_dropout,
+            **_options("gru", lecture, activation="relu")),
+      *_head(units, lecture)])
 
 
-def _bidirectional_gru(units, dropout, recurrent_dropout):
+def _bidirectional_gru(units, dropout, recurrent_dropout, lecture):
   return L.Sequential([
-      L.Bidirectional(L.GRU(units, dropout=dropout, recurrent_dropout=recurrent_dropout)),
-      L.Dense(1)])
+      L.Bidirectional(L.GRU(units, dropout=dropout, recurrent_dropout=recurrent_dropout,
+                            **_options("gru", lecture))),
+      *_head(units, lecture)])
 
 
-def _lstm(units, dropout, recurrent_dropout):
-  return L.Sequential([L.LSTM(units, dropout=dropout, recurrent_dropout=recurrent_dropout),
-                       L.Dense(1)])
+def _lstm(units, dropout, recurrent_dropout, lecture):
+  return L.Sequential([L.LSTM(units, dropout=dropout, recurrent_dropout=recurrent_dropout,
+                              **_options("lstm", lecture)), *_head(units, lecture)])
 
 
-def _mlp(units, dropout, recurrent_dropout):
+def _min_gru(units, dropout, recurrent_dropout, lecture):
+  del recurrent_dropout  # no recurrent weights
+  return L.Sequential([L.MinGRU(units, dropout=dropout), *_head(units, lecture)])
+
+
+def _min_lstm(units, dropout, recurrent_dropout, lecture):
+  del recurrent_dropout  # no recurrent weights
+  return L.Sequential([L.MinLSTM(units, dropout=dropout), *_head(units, lecture)])
+
+
+def _mlp(units, dropout, recurrent_dropout, lecture):
   del dropout, recurrent_dropout
-  return L.Sequential([L.Flatten(), L.Dense(units, activation="relu"), L.Dense(1)])
+  return L.Sequential([L.Flatten(), L.Dense(units, activation="relu"), *_head(units, lecture)])
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """A model of the lecture: build(units, dropout, recurrent_dropout), and its defaults."""
+  """A model of the lecture: build(units, dropout, recurrent_dropout, lecture), and its
+  defaults."""
   build: Optional[Callable]  # None: the naive baseline, which is not trained
   epochs: int = 20
   dropout: float = 0.0
@@ -84,6 +108,8 @@ MODELS = {
     "reversed_gru": ModelSpec(_gru, reverse=True),
     "bidirectional_gru": ModelSpec(_bidirectional_gru, epochs=40),
     "lstm": ModelSpec(_lstm),
+    "min_gru": ModelSpec(_min_gru),
+    "min_lstm": ModelSpec(_min_lstm),
 }
 LECTURE_STEPS_PER_EPOCH = 500
 
@@ -298,8 +324,10 @@ def run_model(problem: Problem, plan: Plan) -> dict:
     dropout = spec.dropout if FLAGS.dropout is None else FLAGS.dropout
     recurrent_dropout = (spec.recurrent_dropout if FLAGS.recurrent_dropout is None
                          else FLAGS.recurrent_dropout)
-    model = layers.with_implementation(spec.build(FLAGS.units, dropout, recurrent_dropout),
-                                       FLAGS.implementation)
+    lecture = {"activation": FLAGS.activation, "reset_after": FLAGS.reset_after,
+               "head": FLAGS.head}
+    model = layers.with_implementation(
+        spec.build(FLAGS.units, dropout, recurrent_dropout, lecture), FLAGS.implementation)
     fitted = train.fit(model, batches, loss="mae", metrics=("mae",), options=options,
                        target_unit=(problem.unit, problem.target_std),
                        extra_results=problem.extra_results(batches))

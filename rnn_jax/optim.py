@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("rmsprop", "adam")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
 class KerasAdamState(NamedTuple):
@@ -50,8 +50,11 @@ def keras_rmsprop(learning_rate: float, rho: float = 0.9,
 
 def make(name: str, learning_rate: float,
          clip_norm: Optional[float] = None) -> optax.GradientTransformation:
-  """The optimizer `name` ('rmsprop' | 'adam'), after global-norm clipping when `clip_norm`."""
-  optimizer = {"rmsprop": keras_rmsprop, "adam": keras_adam}[name](learning_rate)
+  """The optimizer `name` ('rmsprop' | 'adam' | 'sgd'), after global-norm clipping when
+  `clip_norm`. SGD is Keras's without momentum, w -= lr g: the one whose steps grow with
+  the gradient, so that clipping shows (experiments.gradients)."""
+  optimizer = {"rmsprop": keras_rmsprop, "adam": keras_adam,
+               "sgd": optax.sgd}[name](learning_rate)
   if clip_norm is not None:
     optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
   return optimizer

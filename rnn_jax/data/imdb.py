@@ -362,12 +362,17 @@ def load_ranked(data_path: Optional[PathLike] = None, *,
 def load(data_path: Optional[PathLike] = None, *, num_words: Optional[int] = 10000,
          maxlen: Optional[int] = 500, seed: int = 113, start_char: Optional[int] = 1,
          oov_char: Optional[int] = 2, index_from: int = 3, padding: str = "pre",
-         truncating: str = "pre", cache_dir: Optional[PathLike] = None) -> Imdb:
-  """The lecture's `imdb.load_data(num_words)` followed by `pad_sequences(maxlen)`."""
+         truncating: str = "pre", cache_dir: Optional[PathLike] = None,
+         reverse: bool = False) -> Imdb:
+  """The lecture's `imdb.load_data(num_words)` followed by `pad_sequences(maxlen)`; with
+  `reverse`, each review reversed first, as the lecture's reversed-sequence LSTM reads
+  them (`[x[::-1] for x in x_train]`, then padded and truncated)."""
   ranked = load_ranked(data_path, cache_dir=cache_dir)
   (x_train, y_train), (x_test, y_test) = index_like_keras(
       ranked.x_train, ranked.y_train, ranked.x_test, ranked.y_test, num_words=num_words,
       seed=seed, start_char=start_char, oov_char=oov_char, index_from=index_from)
+  if reverse:
+    x_train, x_test = ([seq[::-1] for seq in x] for x in (x_train, x_test))
   pad = lambda x: pad_sequences(x, maxlen, padding=padding, truncating=truncating)
   return Imdb(pad(x_train), y_train.astype(np.float32), pad(x_test),
               y_test.astype(np.float32), ranked.words)

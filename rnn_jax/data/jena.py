@@ -7,7 +7,8 @@
 minutes, 2009-2016; 420,551 rows) comes zipped from the URL Keras's examples use. No
 sha256 of that zip is published, so the extracted CSV is recognised by its git blob id
 (`git hash-object`), which public copies record; the download is kept only if its CSV
-matches. The canonical file has gaps and repeated timestamps; the lecture takes its rows
+matches. A copy in another form (line endings, re-saved by pandas) is recognised by its
+content: header, row count, first and last timestamps. The canonical file has gaps and repeated timestamps; the lecture takes its rows
 as evenly spaced, and so does `csv_spec` for it.
 """
 from __future__ import annotations
@@ -51,21 +52,58 @@ def git_blob_id(stream, size: int) -> str:
   return digest.hexdigest()
 
 
+# The canonical CSV's content: what a copy with other line endings, or re-saved by pandas,
+# still has.
+HEADER = ("Date Time", "p (mbar)", "T (degC)", "Tpot (K)", "Tdew (degC)", "rh (%)",
+          "VPmax (mbar)", "VPact (mbar)", "VPdef (mbar)", "sh (g/kg)", "H2OC (mmol/mol)",
+          "rho (g/m**3)", "wv (m/s)", "max. wv (m/s)", "wd (deg)")
+ROWS, FIRST_TIME, LAST_TIME = 420_551, "01.01.2009 00:10:00", "01.01.2017 00:00:00"
+
+
 def is_canonical(path) -> bool:
-  """Whether `path` (a CSV, or a zip holding one) is the canonical Jena CSV."""
+  """Whether `path` (a CSV, or a zip holding one) is the Jena CSV of the lecture: the
+  canonical bytes (its git blob id), or the same content in another form (`same_content`)."""
   path = pathlib.Path(path)
   try:
     if path.suffix.lower() == ".zip":
       with zipfile.ZipFile(path) as archive:
-        members = [i for i in archive.infolist() if i.filename.endswith(CSV_NAME)]
+        members = [i for i in archive.infolist() if i.filename.endswith(".csv")]
         if len(members) != 1:
           return False
         with archive.open(members[0]) as f:
-          return git_blob_id(f, members[0].file_size) == CSV_GIT_BLOB
+          if git_blob_id(f, members[0].file_size) == CSV_GIT_BLOB:
+            return True
+        with archive.open(members[0]) as f:
+          return same_content(f)
     with open(path, "rb") as f:
-      return git_blob_id(f, path.stat().st_size) == CSV_GIT_BLOB
+      if git_blob_id(f, path.stat().st_size) == CSV_GIT_BLOB:
+        return True
+    with open(path, "rb") as f:
+      return same_content(f)
   except (OSError, zipfile.BadZipFile):
     return False
+
+
+def same_content(stream) -> bool:
+  """Whether a binary CSV stream has the Jena CSV's header, its 420,551 rows and its first
+  and last timestamps, whatever its line endings or quoting."""
+  fields = lambda line: [f.strip().strip('"') for f in line.decode("utf-8", "replace").split(",")]
+  header = stream.readline()
+  if tuple(fields(header)) not in (HEADER, ("",) + HEADER):  # pandas may add an index
+    return False
+  offset = len(fields(header)) - len(HEADER)
+  rows, first, last = 0, None, None
+  for line in stream:
+    if not line.strip():
+      continue
+    rows += 1
+    if rows > ROWS:
+      return False
+    if first is None:
+      first = fields(line)[offset]
+    last = line
+  return (rows == ROWS and first == FIRST_TIME and last is not None
+          and fields(last)[offset] == LAST_TIME)
 
 
 def _extract_verified(zip_path: pathlib.Path, csv_path: pathlib.Path) -> None:

@@ -43,6 +43,13 @@ def define_flags(**defaults) -> flags.FlagValues:
                         "--num_processes > 1 (jax.distributed).")
     flags.DEFINE_integer("num_processes", 1, "Processes (hosts) training together.")
     flags.DEFINE_integer("process_id", 0, "This process's index in [0, --num_processes).")
+    flags.DEFINE_enum("activation", None, ("tanh", "relu", "leaky_relu", "elu", "sigmoid"),
+                      "Activation of the recurrent layers (leaky_relu: max(0.1x, x)); "
+                      "default: each layer's own (tanh; stacked_gru's second layer relu).")
+    flags.DEFINE_bool("reset_after", None, "GRU's reset gate after the recurrent matmul "
+                      "(Keras's default, True) or before it (the lecture's formula, False).")
+    flags.DEFINE_enum("head", "dense", ("dense", "maxout"), "The output layers: Dense, or "
+                      "Maxout (2 pieces, --units wide) then Dense.")
     flags.DEFINE_enum("implementation", "auto", ("auto", "scan", "recompute", "per_gate", "fused"),
                       "How recurrent layers run their loop (rnn_jax.recurrent): auto picks "
                       "the platform's fast path.")

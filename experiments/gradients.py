@@ -1,0 +1,179 @@
+"""Vanishing and exploding gradients, made visible (the lecture's first half).
+
+  python -m experiments.gradients                # a few minutes on 2 cores
+  python -m experiments.gradients --seq_len=200 --epochs=10
+
+1. How far back the gradient reaches: ||dL/dh_t|| against T - t (log scale) for
+   SimpleRNN (tanh), SimpleRNN (relu, recurrent kernel --explode_scale x I), LSTM and GRU
+   on the adding problem, L the model's MSE on one batch, at initialisation and after
+   training each model with the shared `fit`; and the largest singular value of the
+   recurrent Jacobian dh_t/dh_{t-1} along the sequence.
+2. Gradient clipping: the exploding relu RNN trained by SGD without clipping (the loss
+   blows up: the NaN guard stops it, or it ends no better than the mean) and with
+   --clip_norm (it trains), on sequences of --clipping_seq_len steps.
+
+Writes <workdir>/gradients.json, gradients.png and .svg (the figure), clipping.png and
+.svg, and each training run under <workdir>/<model>/. The seeds are fixed by --seed, so
+the figure is the same every run on the same machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from rnn_jax import cells, diagnostics, errors, layers, train
+from rnn_jax.data import adding
+
+flags.DEFINE_integer("seq_len", 100, "Sequence length T of the gradient figure.")
+flags.DEFINE_integer("units", 32, "Units of each recurrent layer.")
+flags.DEFINE_integer("num_train", 10000, "Training + validation sequences.")
+flags.DEFINE_float("explode_scale", 1.5, "The figure's relu RNN: recurrent kernel this times I.")
+flags.DEFINE_integer("clipping_seq_len", 30, "Sequence length of the clipping runs.")
+flags.DEFINE_float("clipping_scale", 1.05, "The clipping runs' relu RNN: recurrent kernel "
+                   "this times I.")
+flags.DEFINE_float("clipping_learning_rate", 0.05, "SGD's learning rate in the clipping runs.")
+flags.DEFINE_integer("clipping_epochs", 10, "Epochs of each clipping run.")
+flags.DEFINE_list("parts", ["profiles", "clipping"], "What to run: profiles, clipping.")
+FLAGS = train.define_flags(epochs=10, batch_size=64, optimizer="adam", learning_rate=1e-2,
+                           validation_split=0.2)
+FLAGS.set_default("clip_norm", 1.0)
+
+
+def _scaled_recurrent_kernel(cell: cells.GatedCell, scale: float) -> cells.GatedCell:
+  """`cell` whose recurrent kernel starts as scale * I (a relu RNN's gradients explode
+  for scale > 1: Le et al. 2015 start at 1)."""
+  def init(key, input_size, units, dtype=jnp.float32):
+    params = cell.init(key, input_size, units, dtype)
+    params["recurrent_kernel"] = scale * jnp.eye(units, dtype=dtype)
+    return params
+  return cell._replace(init=init)
+
+
+def configurations(units: int, scale: float) -> dict:
+  return {"simple_rnn_tanh": cells.simple_rnn("tanh"),
+          "simple_rnn_relu_exploding": _scaled_recurrent_kernel(cells.simple_rnn("relu"), scale),
+          "lstm": cells.lstm(),
+          "gru": cells.gru()}
+
+
+def _model(cell, units):
+  return layers.Sequential([layers.RNN(cell, units), layers.Dense(1)])
+
+
+def gradient_profile(cell, model_params, x, y, units) -> dict:
+  """||dL/dh_t||, ||dL/dx_t|| and ||dh_t/dh_{t-1}||_2 for t = 1..T, L the MSE of one batch."""
+  dense = model_params[1]
+  mse = lambda ys: jnp.mean(jnp.square(ys[:, -1] @ dense["kernel"] + dense["bias"] - y))
+  norms = diagnostics.step_gradient_norms(cell, model_params[0], x, units, loss=mse)
+  spectral = diagnostics.jacobian_spectral_norms(cell, model_params[0], x, units)
+  d_states = np.asarray(norms["d_states"], np.float64)
+  return {"d_states": d_states.tolist(),
+          "d_inputs": np.asarray(norms["d_inputs"], np.float64).tolist(),
+          "jacobian_norm": np.asarray(spectral, np.float64).tolist(),
+          "first_to_last": float(d_states[0] / d_states[-1]) if d_states[-1] > 0 else math.inf}
+
+
+def _options(name: str, root: Path, **changes) -> train.TrainOptions:
+  """The run's options; the models of the figure train unclipped (--clip_norm is part 2's)."""
+  options = train.TrainOptions.from_flags(FLAGS, experiment="gradients", model_name=name,
+                                          workdir=str(root / name))
+  return dataclasses.replace(options, overwrite=True, **{"clip_norm": None, **changes})
+
+
+def clipping_runs(root: Path) -> dict:
+  """The exploding relu RNN by SGD, without and with --clip_norm."""
+  data = adding.batches(seq_len=FLAGS.clipping_seq_len, num_train=FLAGS.num_train,
+                        num_test=500, validation_split=0.2, batch_size=FLAGS.batch_size,
+                        seed=FLAGS.seed)
+  cell = _scaled_recurrent_kernel(cells.simple_rnn("relu"), FLAGS.clipping_scale)
+  results = {}
+  for name, clip in [("unclipped", None), ("clipped", FLAGS.clip_norm)]:
+    options = _options(f"clipping_{name}", root, clip_norm=clip, optimizer="sgd",
+                       learning_rate=FLAGS.clipping_learning_rate,
+                       epochs=FLAGS.clipping_epochs)
+    print(f"--- clipping demo: relu RNN, {name}", flush=True)
+    try:
+      fitted = train.fit(_model(cell, FLAGS.units), data, loss="mse", options=options)
+      history = fitted.results["history"]
+      results[name] = {"outcome": "trained", "test_mse": fitted.results["test"]["loss"],
+                       "history": history}
+    except train.Diverged as e:
+      results[name] = {"outcome": "diverged", "message": str(e)}
+    results[name]["clip_norm"] = clip
+  results["mean_predictor_mse"] = adding.CONSTANT_PREDICTION_MSE
+  return results
+
+
+def main(argv):
+  del argv
+  for name in ("seq_len", "units", "num_train", "clipping_seq_len", "clipping_epochs"):
+    if FLAGS[name].value < 2:
+      raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
+  train.set_up(FLAGS)
+  root = Path(FLAGS.workdir or os.path.join("runs", "gradients"))
+  data = adding.batches(seq_len=FLAGS.seq_len, num_train=FLAGS.num_train, num_test=500,
+                        validation_split=0.2, batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+  x, y, _ = next(iter(data.test()))
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  report = {"seq_len": FLAGS.seq_len, "units": FLAGS.units, "seed": FLAGS.seed,
+            "explode_scale": FLAGS.explode_scale, "models": {}}
+  profiled = configurations(FLAGS.units, FLAGS.explode_scale) if "profiles" in FLAGS.parts else {}
+  for name, cell in profiled.items():
+    model = _model(cell, FLAGS.units)
+    init_params = model.init(jax.random.key(FLAGS.seed), x)
+    entry = {"init": gradient_profile(cell, init_params, x, y, FLAGS.units)}
+    print(f"--- {name}: at init ||dL/dh_1|| / ||dL/dh_T|| = "
+          f"{entry['init']['first_to_last']:.3g}", flush=True)
+    if name != "simple_rnn_relu_exploding":  # it cannot train unclipped: see part 2
+      fitted = train.fit(model, data, loss="mse", options=_options(name, root))
+      # On the host first: fit's params are replicated over its CPU devices, where an XLA
+      # program over both would all-reduce (and can deadlock, see rnn_jax.train.placement).
+      trained_params = jax.device_get(fitted.params)
+      entry["trained"] = gradient_profile(cell, trained_params, x, y, FLAGS.units)
+      entry["trained"]["test_mse"] = fitted.results["test"]["loss"]
+      print(f"--- {name}: trained, ||dL/dh_1|| / ||dL/dh_T|| = "
+            f"{entry['trained']['first_to_last']:.3g}", flush=True)
+    report["models"][name] = entry
+  if "clipping" in FLAGS.parts:
+    report["clipping"] = clipping_runs(root)
+  root.mkdir(parents=True, exist_ok=True)
+  (root / "gradients.json").write_text(json.dumps(report, indent=2) + "\n")
+  from rnn_jax import plots  # pylint: disable=import-outside-toplevel
+  if report["models"]:
+    plots.gradient_profiles(report, root / "gradients")
+  if "clipping" in report:
+    plots.clipping(report["clipping"], root / "clipping")
+  print(_table(report))
+  print(f"\nwrote {root / 'gradients.json'}, {root / 'gradients.png'}, {root / 'clipping.png'}")
+
+
+def _table(report: dict) -> str:
+  lines = [f"\n| model (T={report['seq_len']}) | ||dL/dh_1|| / ||dL/dh_T||, init | trained | "
+           "test MSE |", "|---|---|---|---|"]
+  for name, entry in report["models"].items():
+    trained = entry.get("trained")
+    lines.append(f"| {name} | {entry['init']['first_to_last']:.3g} | "
+                 + (f"{trained['first_to_last']:.3g} | {trained['test_mse']:.4f} |" if trained
+                    else "not trained (explodes) | - |"))
+  if "clipping" not in report:
+    return "\n".join(lines)
+  clipping = report["clipping"]
+  lines.append(f"\nClipping (relu RNN, SGD; predicting the mean: MSE "
+               f"{clipping['mean_predictor_mse']:.3f}):")
+  for name in ("unclipped", "clipped"):
+    run = clipping[name]
+    lines.append(f"  {name}: " + (f"test MSE {run['test_mse']:.4f}" if run["outcome"] ==
+                                  "trained" else f"diverged: {run['message']}"))
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  errors.run(main)

@@ -1,0 +1,34 @@
+"""experiments.gradients end to end, small: its JSON tells the story (the full-size run's
+numbers are in README's "The gradient story")."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import training_runs as runs
+
+pytestmark = pytest.mark.e2e  # subprocess runs of the experiments: see pyproject.toml
+
+
+def test_small_run_writes_the_story(tmp_path):
+  done = subprocess.run(
+      [sys.executable, "-m", "experiments.gradients", "--seq_len=40", "--units=8",
+       "--num_train=640", "--epochs=1", "--clipping_epochs=2", f"--workdir={tmp_path}"],
+      cwd=runs.REPO, capture_output=True, text=True, timeout=900, env=runs.environment())
+  assert done.returncode == 0, done.stderr[-2000:]
+  report = json.loads((tmp_path / "gradients.json").read_text())
+  models = report["models"]
+  assert set(models) == {"simple_rnn_tanh", "simple_rnn_relu_exploding", "lstm", "gru"}
+  for name, entry in models.items():
+    assert len(entry["init"]["d_states"]) == 40 == len(entry["init"]["jacobian_norm"])
+    assert ("trained" in entry) == (name != "simple_rnn_relu_exploding")
+  assert models["simple_rnn_relu_exploding"]["init"]["first_to_last"] >= 1e3
+  assert models["simple_rnn_tanh"]["init"]["first_to_last"] < 1
+  clipping = report["clipping"]
+  assert clipping["unclipped"]["outcome"] == "diverged"
+  assert "NaN" in clipping["unclipped"]["message"] or "nan" in clipping["unclipped"]["message"]
+  assert clipping["clipped"]["outcome"] == "trained"
+  for name in ("gradients", "clipping"):
+    assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.svg").is_file()
+  assert "| simple_rnn_tanh |" in done.stdout
