@@ -20,7 +20,7 @@ How the loop is computed is one switch, `implementation=` (see `resolve_implemen
                method="deer" | "quasi_deer" | "elk" | "quasi_elk"), falling back to the
                sequential result with a warning where it does not converge.
   "auto"       per_gate on CPU and fused on GPU/TPU for cells with a gate layout;
-               linear_scan on CPU and associative elsewhere for linear cells; else scan.
+               recompute on CPU and associative elsewhere for linear cells; else scan.
 
 The speed paths live in `rnn_jax._fast_paths`, which says why each is as it is.
 """
@@ -58,7 +58,7 @@ def linear_of(cell) -> Optional[Linear]:
 def resolve_implementation(cell, implementation: str = "auto") -> str:
   """The implementation `unroll` uses for `cell`: `implementation` itself, or for "auto"
   the platform's fast path for what the cell declares (a gate layout: per_gate on CPU,
-  fused elsewhere; a linear form: linear_scan on CPU, associative elsewhere), and the
+  fused elsewhere; a linear form: recompute on CPU, associative elsewhere), and the
   portable "scan" where it declares neither."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r} is not one of {IMPLEMENTATIONS}")
@@ -67,8 +67,10 @@ def resolve_implementation(cell, implementation: str = "auto") -> str:
     if gates_of(cell) is not None:
       return "per_gate" if cpu else "fused"
     if linear_of(cell) is not None:
-      # The sequential scan of the linear map is the faster on CPU (docs/performance.md).
-      return "linear_scan" if cpu else "associative"
+      # On CPU the step itself, recomputed in the backward loop, is the fastest form of
+      # the sequential recurrence; the associative scan's O(T log T) work is not
+      # (docs/performance.md).
+      return "recompute" if cpu else "associative"
     return "scan"
   if implementation in _GATE_LAYOUTS and gates_of(cell) is None:
     raise ValueError(f"implementation={implementation!r} needs a cell that declares its gate "

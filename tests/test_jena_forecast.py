@@ -146,16 +146,17 @@ PRSA = "/work/shared/data/PRSA_Data_Aotizhongxin_20130301-20170228.csv"
 
 
 @pytest.mark.slow
-def test_gru_beats_the_naive_baseline_on_real_hourly_weather(tmp_path):
-  """The issue's acceptance check (about 10 minutes on 2 CPU cores)."""
+@pytest.mark.parametrize("model,factor", [("gru", 0.95), ("min_gru", 1.0)])
+def test_gru_beats_the_naive_baseline_on_real_hourly_weather(tmp_path, model, factor):
+  """The issues' acceptance check (about 10 minutes on 2 CPU cores for the GRU)."""
   if not os.path.exists(PRSA):
     pytest.skip(f"needs the real hourly weather file {PRSA}")
-  proc = run("experiments.jena_forecast", "--model=naive,gru", f"--data_path={PRSA}",
+  proc = run("experiments.jena_forecast", f"--model=naive,{model}", f"--data_path={PRSA}",
              "--target=TEMP", "--time_columns=year,month,day,hour", "--exclude=No",
              "--fill_missing=interpolate", "--target_unit=degC", "--lookback=240", "--step=1",
              "--delay=24", "--train_fraction=0.5", "--val_fraction=0.25", "--epochs=10",
              "--steps_per_epoch=200", f"--workdir={tmp_path}", timeout=3600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   val = {m: json.loads((tmp_path / m / "results.json").read_text())["val"]["mae"]
-         for m in ("naive", "gru")}
-  assert val["gru"] <= 0.95 * val["naive"], val
+         for m in ("naive", model)}
+  assert val[model] < factor * val["naive"], val
