@@ -1,7 +1,7 @@
 """The adding problem: SimpleRNN fails where LSTM and GRU learn long-range dependencies.
 
   python -m experiments.adding_problem                      # all three models, a few minutes
-  python -m experiments.adding_problem --models=gru --seq_len=200
+  python -m experiments.adding_problem --model=gru --seq_len=200
 
 Each model trains with the shared `fit` into <workdir>/<model>/; then a markdown table of
 test MSE and a plot of validation MSE per epoch (<workdir>/comparison.png).
@@ -34,7 +34,7 @@ def build_model(name: str, units: int, *, activation=None, reset_after=None,
 
 MODELS = {name: functools.partial(build_model, name) for name in RECURRENT}
 
-flags.DEFINE_list("models", DEFAULT_MODELS, f"Models to compare, from {list(MODELS)}.")
+flags.DEFINE_list("model", DEFAULT_MODELS, f"Models to compare, in order, from {list(MODELS)}.")
 flags.DEFINE_integer("seq_len", 100, "Sequence length T.")
 flags.DEFINE_integer("units", 32, "Units of each recurrent layer.")
 flags.DEFINE_integer("num_train", 10000, "Training + validation sequences.")
@@ -42,30 +42,36 @@ flags.DEFINE_integer("num_test", 1000, "Test sequences.")
 flags.DEFINE_integer("data_seed", None, "Seed of the sequences (default: --seed).")
 FLAGS = train.define_flags(epochs=20, batch_size=64, optimizer="adam", learning_rate=1e-2,
                            validation_split=0.2)
+flags.adopt_module_key_flags(train.options)  # --help lists the shared training flags too
+FLAGS["workdir"].help = "Parent directory: each model's run goes to <workdir>/<model>; " \
+    "comparison.png and the table to <workdir> (default: runs/adding_problem)."
+FLAGS["steps_per_epoch"].help = "Training steps per epoch (default: one pass over the " \
+    "training sequences, 125 batches at the defaults)."
 
 
 def main(argv):
   del argv
-  unknown = [m for m in FLAGS.models if m not in MODELS]
-  if unknown:
-    raise errors.UserError(f"--models: unknown {unknown}; choose from {list(MODELS)}")
+  unknown = [m for m in FLAGS.model if m not in MODELS]
+  if unknown or not FLAGS.model:
+    raise errors.UserError(f"--model: unknown {unknown}; choose from {list(MODELS)}")
   for name in ("seq_len", "units", "num_train", "num_test"):
     if FLAGS[name].value < 2:
       raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
   train.set_up(FLAGS)
   workdir = FLAGS.workdir or os.path.join("runs", "adding_problem")
+  data_seed = FLAGS.seed if FLAGS.data_seed is None else FLAGS.data_seed
   options = {m: train.TrainOptions.from_flags(FLAGS, experiment="adding_problem", model_name=m,
                                               workdir=os.path.join(workdir, m))
-             for m in FLAGS.models}  # checks the shared flags before anything else
+             for m in FLAGS.model}  # checks the shared flags before anything else
   data = adding.batches(seq_len=FLAGS.seq_len, num_train=FLAGS.num_train,
                         num_test=FLAGS.num_test, validation_split=FLAGS.validation_split,
                         batch_size=FLAGS.batch_size,
-                        seed=FLAGS.seed if FLAGS.data_seed is None else FLAGS.data_seed)
+                        seed=data_seed)
   results = {}
   for model_name, model_options in options.items():
-    # --models is the comparison's, not the model's: resuming with other models is fine.
-    model_options = dataclasses.replace(model_options, flags={
-        k: v for k, v in model_options.flags.items() if k != "models"})
+    # --model is the comparison's; each run records its own: resuming with others is fine.
+    model_options = dataclasses.replace(model_options,
+                                        flags={**model_options.flags, "model": model_name})
     finished = os.path.join(model_options.workdir, "results.json")
     if FLAGS.resume and os.path.exists(finished):
       print(f"--- {model_name}: finished earlier, reusing {finished}", flush=True)
@@ -77,14 +83,20 @@ def main(argv):
         MODELS[model_name](FLAGS.units, activation=FLAGS.activation,
                            reset_after=FLAGS.reset_after, head=FLAGS.head),
         FLAGS.implementation)
-    results[model_name] = train.fit(model, data, loss="mse",
-                                    options=model_options).results
+    results[model_name] = train.fit(
+        model, data, loss="mse", options=model_options,
+        model_config={"units": FLAGS.units, "seq_len": FLAGS.seq_len,
+                      "activation": FLAGS.activation, "reset_after": FLAGS.reset_after,
+                      "head": FLAGS.head},
+        extra_results={"data": {"seq_len": FLAGS.seq_len, "num_train": FLAGS.num_train,
+                                "num_test": FLAGS.num_test, "seed": data_seed}}).results
 
   print(f"\nAdding problem, T={FLAGS.seq_len} (predicting the mean: MSE "
         f"{adding.CONSTANT_PREDICTION_MSE:.3f})\n\n| model | test MSE | best epoch | seconds |\n"
         "|---|---|---|---|")
   for model_name, r in results.items():
-    print(f"| {model_name} | {r['test']['loss']:.2e} | {r['best_epoch']} | {r['seconds']:.0f} |")
+    best = ",".join(map(str, r["best_epoch"]))
+    print(f"| {model_name} | {r['test']['loss']:.2e} | {best} | {r['seconds']:.0f} |")
   plots.compare({m: [h["val_loss"] for h in r["history"]] for m, r in results.items()},
                 os.path.join(workdir, "comparison.png"), ylabel="Validation MSE",
                 title=f"Adding problem, T={FLAGS.seq_len}",

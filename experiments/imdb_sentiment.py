@@ -1,7 +1,7 @@
 """IMDB sentiment: the lecture's Embedding(10000, 32) -> LSTM(32) -> Dense(1), and its variants.
 
   python -m experiments.imdb_sentiment --data_path=/path/aclImdb_v1.tar.gz     # the LSTM
-  python -m experiments.imdb_sentiment --model=bidirectional_lstm
+  python -m experiments.imdb_sentiment --model=lstm,bidirectional_lstm
   python -m experiments.imdb_sentiment --model=gru --recurrent_dropout=0.2
 
 The reviews are encoded as `keras.datasets.imdb.load_data(num_words=--max_features)` and
@@ -10,8 +10,10 @@ archive is downloaded once into third_party_data/cache. Training is the lecture'
 `fit(epochs=10, batch_size=128, validation_split=0.2)` with RMSprop(1e-3), through the
 shared `rnn_jax.train.fit`; the model's Dense(1) gives a logit and the loss is binary
 cross-entropy on logits, the same function as sigmoid + BCE. The test accuracy is that of
-the epoch with the lowest validation loss. Results go to runs/imdb_sentiment/<model>/.
+the epoch with the lowest validation loss. Each model's run goes to <workdir>/<model>/
+(default runs/imdb_sentiment/<model>/); the reviews are read once for all of them.
 """
+import dataclasses
 import os
 
 from absl import flags
@@ -34,7 +36,8 @@ RECURRENT = {
 REVERSED = ("reversed_lstm",)
 _KIND = {"reversed_lstm": "lstm", "bidirectional_lstm": "lstm"}  # for the lecture options
 
-flags.DEFINE_enum("model", "lstm", list(RECURRENT), "Which recurrent layer reads the review.")
+flags.DEFINE_list("model", ["lstm"], f"Models to train, in order, from {list(RECURRENT)}: "
+                  "the recurrent layer that reads the review.")
 flags.DEFINE_string("data_path", None, "A local aclImdb_v1.tar.gz (or Keras's imdb.npz); "
                     "default: download the canonical archive.")
 flags.DEFINE_integer("max_features", 10000, "Vocabulary: ids < max_features are kept, "
@@ -48,6 +51,11 @@ flags.DEFINE_bool("mask_zero", False, "Mask the padding (id 0) so the recurrent 
                   "the lecture does not.")
 FLAGS = train.define_flags(epochs=10, batch_size=128, validation_split=0.2,
                            optimizer="rmsprop", learning_rate=1e-3)
+flags.adopt_module_key_flags(train.options)  # --help lists the shared training flags too
+FLAGS["workdir"].help = ("Parent directory: each model's run goes to <workdir>/<model> "
+                         "(default: runs/imdb_sentiment).")
+FLAGS["steps_per_epoch"].help = ("Training steps per epoch (default: one pass over the "
+                                 "training reviews, 157 batches at the defaults).")
 
 
 def build_model(name: str, *, max_features: int, embedding_dim: int, units: int,
@@ -64,6 +72,10 @@ def build_model(name: str, *, max_features: int, embedding_dim: int, units: int,
 
 
 def _check_flags():
+  unknown = [m for m in FLAGS.model if m not in RECURRENT]
+  if unknown or not FLAGS.model:
+    raise errors.UserError(f"--model: unknown {unknown}; choose from {list(RECURRENT)}")
+
   def need(ok, name, what):
     if not ok:
       raise errors.UserError(f"--{name} must be {what}, got {FLAGS[name].value!r}")
@@ -78,28 +90,48 @@ def main(argv):
   del argv
   _check_flags()
   train.set_up(FLAGS)
-  options = train.TrainOptions.from_flags(FLAGS, experiment="imdb_sentiment",
-                                          model_name=FLAGS.model)
-  if os.path.exists(options.workdir) and not os.path.isdir(options.workdir):
-    raise errors.UserError(f"--workdir: {options.workdir} exists and is not a directory")
-  data = imdb.load(FLAGS.data_path, num_words=FLAGS.max_features, maxlen=FLAGS.maxlen,
-                   reverse=FLAGS.model in REVERSED)
+  root = FLAGS.workdir or os.path.join("runs", "imdb_sentiment")
+  options = {m: train.TrainOptions.from_flags(FLAGS, experiment="imdb_sentiment", model_name=m,
+                                              workdir=os.path.join(root, m))
+             for m in FLAGS.model}
+  for path in [root] + [o.workdir for o in options.values()]:
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise errors.UserError(f"--workdir: {path} exists and is not a directory")
+  # The reviews, read once per direction the models need (reversed_lstm reads them reversed).
+  datasets = {reverse: imdb.load(FLAGS.data_path, num_words=FLAGS.max_features,
+                                 maxlen=FLAGS.maxlen, reverse=reverse)
+              for reverse in sorted({m in REVERSED for m in FLAGS.model})}
+  data = next(iter(datasets.values()))
   batches = imdb.batches(data, batch_size=FLAGS.batch_size,
                          validation_split=FLAGS.validation_split)
-  model = build_model(FLAGS.model, max_features=FLAGS.max_features,
-                      embedding_dim=FLAGS.embedding_dim, units=FLAGS.units,
-                      dropout=FLAGS.dropout, recurrent_dropout=FLAGS.recurrent_dropout,
-                      mask_zero=FLAGS.mask_zero, activation=FLAGS.activation,
-                      reset_after=FLAGS.reset_after, head=FLAGS.head)
-  model = layers.with_implementation(model, FLAGS.implementation)
   print(f"IMDB: {len(batches.x_train)} reviews for training ({batches.steps_per_epoch} "
-        f"batches), {len(batches.x_val)} for validation, {len(data.x_test)} for testing; "
-        f"model {FLAGS.model}", flush=True)
-  train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=options,
-            extra_results={"data": {"source": FLAGS.data_path or imdb.ACLIMDB_URL,
-                                    "train_reviews": len(data.x_train),
-                                    "test_reviews": len(data.x_test),
-                                    "vocabulary": len(data.words)}})
+        f"batches), {len(batches.x_val)} for validation, {len(data.x_test)} for testing",
+        flush=True)
+  settings = dict(max_features=FLAGS.max_features, embedding_dim=FLAGS.embedding_dim,
+                  units=FLAGS.units, dropout=FLAGS.dropout,
+                  recurrent_dropout=FLAGS.recurrent_dropout, mask_zero=FLAGS.mask_zero,
+                  activation=FLAGS.activation, reset_after=FLAGS.reset_after, head=FLAGS.head)
+  for model_name, model_options in options.items():
+    # --model is the comparison's; each run records its own: resuming with others is fine.
+    model_options = dataclasses.replace(model_options,
+                                        flags={**model_options.flags, "model": model_name})
+    finished = os.path.join(model_options.workdir, "results.json")
+    if FLAGS.resume and os.path.exists(finished) and len(options) > 1:
+      print(f"--- {model_name}: finished earlier, {finished}", flush=True)
+      continue
+    print(f"--- {model_name}", flush=True)
+    model = layers.with_implementation(build_model(model_name, **settings),
+                                       FLAGS.implementation)
+    data = datasets[model_name in REVERSED]
+    batches = imdb.batches(data, batch_size=FLAGS.batch_size,
+                           validation_split=FLAGS.validation_split)
+    train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=model_options,
+              model_config={**settings, "maxlen": FLAGS.maxlen,
+                            "reversed_reviews": model_name in REVERSED},
+              extra_results={"data": {"source": FLAGS.data_path or imdb.ACLIMDB_URL,
+                                      "train_reviews": len(data.x_train),
+                                      "test_reviews": len(data.x_test),
+                                      "vocabulary": len(data.words)}})
 
 
 if __name__ == "__main__":

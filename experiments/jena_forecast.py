@@ -139,9 +139,20 @@ flags.DEFINE_integer("val_end", None, "Row where validation data ends (default 3
 flags.DEFINE_float("train_fraction", None, "Training part as a fraction of rows.")
 flags.DEFINE_float("val_fraction", None, "Validation part as a fraction of rows.")
 flags.DEFINE_integer("units", 32, "Units of the first layer (stacked_gru's second has twice).")
-flags.DEFINE_float("dropout", None, "Input dropout of recurrent layers (default: the model's).")
-flags.DEFINE_float("recurrent_dropout", None, "Recurrent dropout (default: the model's).")
-FLAGS = train.define_flags(batch_size=128, optimizer="rmsprop", learning_rate=1e-3)
+flags.DEFINE_float("dropout", None, "Input dropout of recurrent layers (default: the model's: "
+                   "0.2 for gru_dropout, 0.1 for stacked_gru, else 0).")
+flags.DEFINE_float("recurrent_dropout", None, "Recurrent dropout (default: the model's: 0.2 "
+                   "for gru_dropout, 0.5 for stacked_gru, else 0).")
+FLAGS = train.define_flags(batch_size=128, optimizer="rmsprop", learning_rate=1e-3,
+                           epochs=20, steps_per_epoch=LECTURE_STEPS_PER_EPOCH)
+flags.adopt_module_key_flags(train.options)  # --help lists the shared training flags too
+_LONGER = [name for name, spec in MODELS.items() if spec.build and spec.epochs != 20]
+FLAGS["epochs"].help = f"Epochs (default: 20, and 40 for {', '.join(_LONGER)})."
+FLAGS["steps_per_epoch"].help = "Training batches per epoch, each of random windows."
+FLAGS["validation_steps"].help = "Validation batches (default: every validation window)."
+FLAGS["workdir"].help = ("Parent directory: each model's run goes to <workdir>/<model>, "
+                         "the target's plots to <workdir> (default: runs/jena_forecast, or "
+                         "runs/forecast_<file name> for another CSV).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +185,25 @@ class Problem:
         batch_size=FLAGS.batch_size,
         steps_per_epoch=FLAGS.steps_per_epoch or LECTURE_STEPS_PER_EPOCH,
         val_steps=FLAGS.validation_steps, reverse=reverse, source=self.series.path)
+
+  @property
+  def label(self) -> str:
+    """The target with its unit, once: 'T (degC)', or 'TEMP (degC)' from --target_unit."""
+    target = self.series.target
+    return target if f"({self.unit})" in target else f"{target} ({self.unit})"
+
+  def horizon(self, rows: int) -> str:
+    """`rows` rows as a time span in the data's spacing ('24 h'), else '24 rows'."""
+    spacing = self.series.spacing
+    if spacing is None or spacing <= np.timedelta64(0):
+      return f"{rows} rows"
+    seconds = int(round(rows * (spacing / np.timedelta64(1, "s"))))
+    if seconds >= 2 * 86400 and seconds % 86400 == 0:
+      return f"{seconds // 86400} days"
+    for unit, size in (("h", 3600), ("min", 60)):
+      if seconds >= size and seconds % size == 0:
+        return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
   def rows_in_days(self, days: float, default: int = 1440) -> int:
     """How many rows span `days` (the lecture's 10 days are 1440 rows of 10 minutes)."""
@@ -210,6 +240,7 @@ def load_problem() -> Problem:
       time_columns=tuple(FLAGS.time_columns) if FLAGS.time_columns else None,
       time_format=FLAGS.time_format, fill_missing=FLAGS.fill_missing,
       allow_irregular_time=allow_irregular)
+  print(f"reading {path}", flush=True)
   series = timeseries.read_csv(path, spec)
   split = timeseries.split_rows(
       len(series), train_end=FLAGS.train_end, val_end=FLAGS.val_end,
@@ -238,11 +269,17 @@ def evaluate_naive(problem: Problem, batches, options: train.TrainOptions) -> di
   measure = lambda part: train.evaluate(
       apply_fn, {}, part, loss="mae", metrics=("mae",),
       target_unit=(problem.unit, problem.target_std))
+  started = train.provenance.now()
   results = {"experiment": options.experiment, "model": options.model_name,
-             "flags": dict(options.flags), "history": [], "best_epoch": None,
+             "flags": dict(options.flags), "history": [], "best_epoch": [],
              "val": measure(batches.val()),
              "test": measure(batches.test()) if batches.test_steps else None,
-             "seconds": time.time() - start, **problem.extra_results(batches)}
+             "seconds": time.time() - start,
+             "config": {"loss": "mae", "metrics": ["mae"], "epochs": 0,
+                        "batch_size": batches.batch_size, "validation_steps": batches.val_steps,
+                        "architecture": "the window's last value of the target"},
+             **problem.extra_results(batches),
+             "provenance": train.provenance.environment(started)}
   train.write_results(workdir, results)
   print(f"naive: val MAE {results['val']['mae']:.4f} "
         f"({results['val'][f'mae_{problem.unit}']:.3f} {problem.unit}); wrote {workdir}",
@@ -251,8 +288,9 @@ def evaluate_naive(problem: Problem, batches, options: train.TrainOptions) -> di
 
 
 def plot_predictions(problem: Problem, batches, apply_fn, params, path, title: str,
-                     with_naive: bool = True) -> None:
-  """Predicted (and naive) against true target over the first validation rows (~10 days)."""
+                     with_naive: bool = True, name: str = "model") -> None:
+  """Predicted (curve `name`, and the naive baseline's) against the true target over the
+  first validation rows (~10 days)."""
   wanted = problem.rows_in_days(10)
   rows, x = [], []
   for end_rows, (batch_x, _, _) in zip(batches.rows("val"), batches.val()):
@@ -268,17 +306,14 @@ def plot_predictions(problem: Problem, batches, apply_fn, params, path, title: s
   naive = problem.denormalize(batches.data[last_seen, t])
   predicted = problem.denormalize(np.asarray(jax.jit(apply_fn)(params, x))[:, 0])
   times = None if problem.series.times is None else problem.series.times[target_rows]
-  curves = [("model", predicted)]
-  if with_naive:
-    curves.append(("naive", naive))
-  plots_forecast.predictions(true, curves, times, path, title=title,
-                             label=f"{problem.series.target} ({problem.unit})")
+  curves = [(name, predicted)] + ([("naive baseline", naive)] if with_naive else [])
+  plots_forecast.predictions(true, curves, times, path, title=title, label=problem.label)
 
 
 def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
   """The lecture's plots of the target: the whole series and its first 10 days."""
   values = problem.series.values[:, problem.series.target_index]
-  label = f"{problem.series.target} ({problem.unit})"
+  label = problem.label
   workdir.mkdir(parents=True, exist_ok=True)
   plots_forecast.series(values, problem.series.times, workdir / "target.png", label=label)
   plots_forecast.series(values, problem.series.times, workdir / "target_first_10_days.png",
@@ -307,6 +342,8 @@ def plan_model(problem: Problem, model_name: str, root: pathlib.Path) -> Plan:
                                             workdir=str(root / model_name))
   finally:
     FLAGS.epochs = saved
+  # --model is the comparison's; each run records its own.
+  options = dataclasses.replace(options, flags={**options.flags, "model": model_name})
   return Plan(model_name, batches, options)
 
 
@@ -330,16 +367,21 @@ def run_model(problem: Problem, plan: Plan) -> dict:
         spec.build(FLAGS.units, dropout, recurrent_dropout, lecture), FLAGS.implementation)
     fitted = train.fit(model, batches, loss="mae", metrics=("mae",), options=options,
                        target_unit=(problem.unit, problem.target_std),
-                       extra_results=problem.extra_results(batches))
+                       extra_results=problem.extra_results(batches),
+                       model_config={"units": FLAGS.units, "dropout": dropout,
+                                     "recurrent_dropout": recurrent_dropout,
+                                     "reverse": spec.reverse})
     results, params = fitted.results, fitted.params
     apply_fn = lambda p, x: model.apply(p, x, training=False)
     if options.num_seeds > 1:  # params stacked over replicas: plot their mean forecast
       apply_one = apply_fn
       apply_fn = lambda p, x: jax.vmap(apply_one, in_axes=(0, None))(p, x).mean(axis=0)
   seeds = f", mean of {options.num_seeds} seeds" if options.num_seeds > 1 else ""
+  name = model_name if spec.build is not None else "naive baseline"
   plot_predictions(problem, batches, apply_fn, params, workdir / "predictions.png",
-                   title=f"{model_name}: forecasts {batches.delay} rows ahead, first "
-                         f"validation rows{seeds}", with_naive=spec.build is not None)
+                   title=f"{name}: forecasts {problem.horizon(batches.delay)} ahead, first "
+                         f"validation rows{seeds}", with_naive=spec.build is not None,
+                   name=name)
   return results
 
 

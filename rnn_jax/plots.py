@@ -1,58 +1,75 @@
-"""Training curves as PNG files (matplotlib's Agg backend, no display needed)."""
+"""Training curves, saved as PNG and SVG (matplotlib's Agg backend, no display needed)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+
+# How each loss is named on an axis.
+LOSS_NAMES = {"mae": "MAE", "mse": "MSE", "bce_logits": "binary cross-entropy"}
 
 
-def _save_atomic(fig, path: os.PathLike, close: bool = True) -> None:
+def _save_atomic(fig, path: os.PathLike) -> None:
+  """Saves `path` (a .png) and the same figure as .svg beside it, each through a rename."""
   path = Path(path)
-  tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-  fig.savefig(tmp, dpi=100, bbox_inches="tight")
-  if close:
-    plt.close(fig)
-  os.replace(tmp, path)
+  for target in (path, path.with_suffix(".svg")):
+    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    os.replace(tmp, target)
+  plt.close(fig)
 
 
 def _save_png_and_svg(fig, stem: os.PathLike) -> None:
   """<stem>.png and <stem>.svg, each written atomically."""
-  for suffix in (".png", ".svg"):
-    _save_atomic(fig, Path(str(stem) + suffix), close=False)
-  plt.close(fig)
+  _save_atomic(fig, Path(str(stem) + ".png"))
 
 
-def history(history: Sequence[Mapping[str, float]], path: os.PathLike, title: str = "") -> None:
-  """Training and validation loss per epoch, and accuracy beside it when there is one."""
+def epoch_axis(ax) -> None:
+  """Whole epochs on the x axis."""
+  ax.set_xlabel("Epoch")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def history(history: Sequence[Mapping[str, float]], path: os.PathLike, title: str = "", *,
+            loss: Optional[str] = None, best_epochs: Sequence[Optional[int]] = ()) -> None:
+  """Training and validation loss per epoch (and accuracy beside it when there is one),
+  with the best epoch(s) marked; `loss` names the loss on the axis (e.g. "mse")."""
   panels = ["loss"] + (["accuracy"] if history and "accuracy" in history[0] else [])
   fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
   epochs = [h["epoch"] for h in history]
+  best = sorted({b for b in best_epochs if b is not None})
   for ax, name in zip(axes[0], panels):
-    ax.plot(epochs, [h[name] for h in history], "bo", label=f"Training {name}")
+    label = f"loss ({LOSS_NAMES.get(loss, loss)})" if name == "loss" and loss else name
+    ax.plot(epochs, [h[name] for h in history], "bo", label=f"Training {label}")
     if history and f"val_{name}" in history[0]:
-      ax.plot(epochs, [h[f"val_{name}"] for h in history], "b", label=f"Validation {name}")
+      ax.plot(epochs, [h[f"val_{name}"] for h in history], "b", label=f"Validation {label}")
+    for i, epoch in enumerate(best):
+      ax.axvline(epoch, color="tab:green", linestyle=":",
+                 label=None if i else ("best epoch" if len(best) == 1 else "best epochs"))
     ax.set_title(f"Training and validation {name}" + (f" ({title})" if title else ""))
-    ax.set_xlabel("Epochs")
-    ax.set_ylabel(name.capitalize())
+    epoch_axis(ax)
+    ax.set_ylabel(label[0].upper() + label[1:])
     ax.legend()
   _save_atomic(fig, path)
 
 
 def compare(curves: Mapping[str, Sequence[float]], path: os.PathLike, *, ylabel: str,
-            title: str = "", baseline: float | None = None) -> None:
+            title: str = "", baseline: float | None = None,
+            baseline_label: str = "predict the mean") -> None:
   """One line per named curve (e.g. validation MSE per epoch of several models)."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for name, values in curves.items():
     ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
   if baseline is not None:
-    ax.axhline(baseline, color="gray", linestyle="--", label="predict the mean")
+    ax.axhline(baseline, color="gray", linestyle="--", label=baseline_label)
   ax.set_yscale("log")
-  ax.set_xlabel("Epochs")
+  epoch_axis(ax)
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.legend()

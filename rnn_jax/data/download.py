@@ -110,7 +110,7 @@ def fetch(url: str, sha256: str, filename: Optional[str] = None,
   except OSError as e:
     raise UserError(f"cannot create the data cache {cache_dir}: {e.strerror or e}") from None
 
-  logging.info("downloading %s to %s", url, path)
+  print(f"downloading {url} to {path}", flush=True)  # shown at any verbosity: it can be slow
   fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".part")
   try:
     with os.fdopen(fd, "wb") as out:

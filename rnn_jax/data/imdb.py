@@ -329,7 +329,8 @@ def _ranked_archive(path: pathlib.Path, source: object, cache_dir: pathlib.Path)
       return _load_ranked(cached)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
       logging.warning("ignoring unreadable cache %s (%s)", cached, e)
-  logging.info("tokenizing %s (cached afterwards in %s)", path, cached)
+  # Shown at any verbosity: it takes tens of seconds, the first time only.
+  print(f"tokenizing the reviews of {path} (once; cached in {cached})", flush=True)
   ranked = rank_archive(path)
   try:
     cache_dir.mkdir(parents=True, exist_ok=True)

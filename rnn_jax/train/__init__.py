@@ -6,6 +6,9 @@
   step       `TrainState`, the train step over it, the evaluation step
   rundir     the run directory: lock, reuse rules, checkpoint writes, signals
   results    results.json and progress lines
+  progress   the progress bar, compile time and epoch lines while a run trains
+  logs       TensorBoard event files and metrics.csv
+  provenance versions, commit, devices, times and the architecture, for results.json
   fit        `fit`, the loop that ties them together
 
   FLAGS = train.define_flags(epochs=10, batch_size=128)
@@ -13,6 +16,7 @@
   options = train.TrainOptions.from_flags(FLAGS, experiment="imdb", model_name="lstm")
   result = train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=options)
 """
+from rnn_jax.train import options, provenance
 from rnn_jax.train.fit import FitResult, fit, train_batches
 from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions, check_flags, define_flags
 from rnn_jax.train.placement import Placement, put

@@ -31,6 +31,8 @@ import numpy as np
 from rnn_jax import checkpoints, distributed, optim, plots
 from rnn_jax import metrics as metrics_lib
 from rnn_jax.errors import UserError
+from rnn_jax.train import progress as progress_lib
+from rnn_jax.train import provenance
 from rnn_jax.train import results as results_lib
 from rnn_jax.train import rundir
 from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions
@@ -55,7 +57,8 @@ def train_batches(batches, seeds: Sequence[int], epoch: int):
 
 def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: TrainOptions,
         target_unit: Optional[tuple[str, float]] = None,
-        extra_results: Optional[Mapping[str, Any]] = None) -> FitResult:
+        extra_results: Optional[Mapping[str, Any]] = None,
+        model_config: Optional[Mapping[str, Any]] = None) -> FitResult:
   """Trains `model` on `batches`, checkpointing every epoch; see the module docstring.
 
   Args:
@@ -67,6 +70,8 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
     options: `TrainOptions`.
     target_unit: (unit, scale): every "mae" value also gets "mae_<unit>" = mae * scale.
     extra_results: added to results.json.
+    model_config: the experiment's resolved model settings (e.g. dropout rates), added to
+      results.json's "config" beside the training settings and the architecture.
 
   Returns:
     FitResult(results, params) with the best epoch's (lowest validation loss; training
@@ -87,8 +92,16 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
   with lock, rundir.StopOnSigint() as sigint:
     rundir.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
     distributed.barrier(f"fit-start-{workdir}")
+    effective = {"loss": loss, "metrics": list(metrics), "epochs": options.epochs,
+                 "steps_per_epoch": steps_per_epoch, "validation_steps": val_steps,
+                 "batch_size": batches.batch_size, "optimizer": options.optimizer,
+                 "learning_rate": options.learning_rate, "clip_norm": options.clip_norm,
+                 "seed": options.seed, "num_seeds": options.num_seeds,
+                 "mesh": dict(placement.mesh.shape), **(model_config or {}),
+                 "architecture": provenance.architecture(model)}
     return _fit(model, batches, loss, tuple(metrics), options, target_unit,
-                extra_results or {}, workdir, sigint, placement, steps_per_epoch, val_steps)
+                {"config": effective, **(extra_results or {})}, workdir, sigint, placement,
+                steps_per_epoch, val_steps)
 
 
 def _fit(model, batches, loss, metrics, options, target_unit, extra_results, workdir, sigint,
@@ -118,6 +131,7 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   # meta["replicas"][r] holds replica r's history and best epoch.
   config = {k: v for k, v in options.flags.items() if k not in RESUMABLE_FLAGS}
   meta = {"epoch": 0, "step": 0, "seconds": 0.0, "epoch_seconds": 0.0, "config": config,
+          "started": provenance.now(),
           "replicas": [{"history": [], "best_epoch": None, "best_loss": None, "best_val": None}
                        for _ in seeds]}
   if options.resume:
@@ -135,6 +149,9 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   replicas = meta["replicas"]
   seconds_before = meta["seconds"]
   session_start = time.time()
+  monitor = progress_lib.Monitor(workdir, epochs=options.epochs, steps_per_epoch=steps_per_epoch,
+                                 seeds=seeds, log_every_steps=options.log_every_steps,
+                                 fresh=meta["epoch"] == meta["step"] == 0)
 
   def save_latest(epoch_done: int, step: int, epoch_seconds: float = 0.0):
     meta.update(epoch=epoch_done, step=step, replicas=replicas, epoch_seconds=epoch_seconds,
@@ -144,16 +161,17 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
     rundir.save(ckpt_dir / "latest", f"epoch{epoch_done:06d}-step{step:06d}", saved, meta,
                 keep=2, kill_at=f"latest:{epoch_done}:{step}")
 
-  epoch_times = []
   for epoch in range(meta["epoch"] + 1, options.epochs + 1):
     # --- train: dispatch the steps; the device runs behind, the host does not wait
     first_step, step = meta["step"], meta["step"]
     epoch_start = time.time()
+    monitor.start_epoch(epoch, first_step)
     epoch_value = put(np.int32(epoch), placement.replicated)
     for batch in itertools.islice(train_batches(batches, seeds, epoch), first_step,
                                   steps_per_epoch):
       state = train_step(state, epoch_value, *put(batch, placement.batches))
       step += 1
+      monitor.step(step, state.totals)
       rundir.kill_point(f"step:{epoch}:{step}")
       if sigint.requested and step < steps_per_epoch:
         save_latest(epoch - 1, step, meta["epoch_seconds"] + time.time() - epoch_start)
@@ -163,7 +181,7 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
       raise UserError(f"the training data ended after {step} of {steps_per_epoch} "
                       f"batches in epoch {epoch}")
     train_totals = jax.device_get(state.totals)  # the one wait for the device in an epoch
-    train_seconds = time.time() - epoch_start
+    timed_steps, train_seconds = monitor.end_steps(step)  # without the compiling step
     rows = metrics_lib.replica_means(train_totals, ("loss", *metrics), num_seeds)
     for row, gradients in zip(rows, metrics_lib.step_means(train_totals, num_seeds)):
       row.update(gradients)
@@ -190,7 +208,7 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
         raise rundir.Diverged(
             f"the validation loss is {val['loss']}{_of_seed(seeds, r)} after epoch {epoch}; "
             f"stopped, keeping the checkpoint of epoch {epoch - 1} in {ckpt_dir}")
-      row.update(seconds=seconds, steps_per_s=(step - first_step) / max(train_seconds, 1e-9))
+      row.update(seconds=seconds, steps_per_s=timed_steps / max(train_seconds, 1e-9))
       replica["history"].append({"epoch": epoch, **metrics_lib.with_units(row, target_unit)})
       improved.append(replica["best_loss"] is None or val["loss"] < replica["best_loss"])
       if improved[-1]:
@@ -207,11 +225,8 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
     save_latest(epoch, 0)
     rundir.kill_point(f"epoch:{epoch}")
 
-    epoch_times.append(seconds)
-    eta = (options.epochs - epoch) * sum(epoch_times) / len(epoch_times)
-    _print(results_lib.progress_line(
-        results_lib.mean_rows([rep["history"][-1] for rep in replicas]), options.epochs, eta,
-        num_seeds))
+    monitor.end_epoch([rep["history"][-1] for rep in replicas],
+                      [rep["history"] for rep in replicas], seconds)
     if sigint.requested and epoch < options.epochs:
       raise rundir.Interrupted(rundir.resume_hint(workdir, f"interrupted after epoch {epoch}"))
 
@@ -226,16 +241,20 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
       "flags": dict(options.flags),
       **results_lib.replica_results(replicas, tests, seeds),
       "seconds": seconds_before + time.time() - session_start,
+      "compile_seconds": monitor.compile_seconds,
       **extra_results,
+      "provenance": provenance.environment(meta.get("started")),
   }
+  monitor.close()
   if distributed.is_primary():
     plots.history(results["history"], workdir / "history.png",
                   title=options.model_name + (f", mean of {num_seeds} seeds"
-                                              if num_seeds > 1 else ""))
+                                              if num_seeds > 1 else ""),
+                  loss=loss, best_epochs=results["best_epoch"])
     rundir.kill_point("results")
     results_lib.write_results(workdir, results)
   test = results["test"]
-  _print(f"best epoch {results['best_epoch']}: val {results_lib.format_metrics(results['val'])}"
+  _print(f"best epoch {','.join(map(str, results['best_epoch']))}: val {results_lib.format_metrics(results['val'])}"
          + (f"; test {results_lib.format_metrics(test)}" if test else "")
          + (f" (mean of {num_seeds} seeds)" if num_seeds > 1 else "") + f"; wrote {workdir}")
   return FitResult(results, best_params)

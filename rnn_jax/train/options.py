@@ -13,7 +13,7 @@ from rnn_jax.errors import UserError
 
 # Flags that may differ between a run and its resumption.
 RESUMABLE_FLAGS = ("resume", "overwrite", "epochs", "workdir", "num_devices", "implementation",
-                   "coordinator_address", "num_processes", "process_id")
+                   "coordinator_address", "num_processes", "process_id", "log_every_steps")
 # Flags of these packages are not the experiment's: not recorded in results.json.
 _LIBRARY_MODULES = ("absl", "orbax", "jax", "jaxlib", "flax", "etils", "keras", "tensorflow")
 
@@ -21,8 +21,8 @@ _LIBRARY_MODULES = ("absl", "orbax", "jax", "jaxlib", "flax", "etils", "keras", 
 def define_flags(**defaults) -> flags.FlagValues:
   """Registers the shared training flags (once) and sets the experiment's defaults."""
   if "num_devices" not in flags.FLAGS:
-    flags.DEFINE_string("workdir", None,
-                        "Output directory (default runs/<experiment>/<model>).")
+    flags.DEFINE_string("workdir", None, "Parent directory: each model's run goes to "
+                        "<workdir>/<model> (default: runs/<experiment>).")
     flags.DEFINE_integer("seed", 0, "Seed of the initialisation, dropout and shuffling.")
     flags.DEFINE_integer("epochs", 10, "Number of epochs.")
     flags.DEFINE_integer("batch_size", 32, "Global batch size (over all devices).")
@@ -53,6 +53,8 @@ def define_flags(**defaults) -> flags.FlagValues:
     flags.DEFINE_enum("implementation", "auto", ("auto", "scan", "recompute", "per_gate", "fused"),
                       "How recurrent layers run their loop (rnn_jax.recurrent): auto picks "
                       "the platform's fast path.")
+    flags.DEFINE_integer("log_every_steps", 50, "Log the training loss to TensorBoard "
+                         "every this many steps (0: only per epoch).")
   for name, value in defaults.items():
     if name not in flags.FLAGS:
       raise ValueError(f"define_flags: no flag named {name!r}")
@@ -72,6 +74,7 @@ def check_flags(values: Mapping[str, Any]) -> None:
     need(values[name] is None or positive_int(values[name]), name, "a positive integer")
   for name in ("num_seeds", "num_processes"):
     need(positive_int(values.get(name, 1)), name, "a positive integer")
+  need(values.get("log_every_steps", 0) >= 0, "log_every_steps", "0 or more")
   need(0.0 <= values["validation_split"] < 1.0, "validation_split", "in [0, 1)")
   need(math.isfinite(values["learning_rate"]) and values["learning_rate"] > 0,
        "learning_rate", "positive")
@@ -97,14 +100,15 @@ class TrainOptions:
   flags: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # recorded in results.json
   steps_per_epoch: Optional[int] = None   # None: the data's own
   validation_steps: Optional[int] = None  # None: the data's own
+  log_every_steps: int = 50               # the loss to TensorBoard every this many steps
 
   @classmethod
   def from_flags(cls, flag_values: flags.FlagValues, *, experiment: str, model_name: str,
                  workdir: Optional[str] = None) -> "TrainOptions":
     """Options from parsed flags; bad values raise a one-line `UserError`.
 
-    `workdir` overrides --workdir (e.g. one subdirectory per model of a comparison);
-    by default it is --workdir, or runs/<experiment>/<model_name>. Nothing else happens:
+    `workdir` is the run's own directory; by default <--workdir>/<model_name>, with
+    --workdir defaulting to runs/<experiment>. Nothing else happens:
     `runtime.set_up` joins processes and makes devices.
     """
     recorded = {f.name: f.value for module, module_flags in
@@ -114,10 +118,12 @@ class TrainOptions:
     check_flags(values)
     return cls(
         experiment=experiment, model_name=model_name,
-        workdir=workdir or values["workdir"] or os.path.join("runs", experiment, model_name),
+        workdir=workdir or os.path.join(values["workdir"] or os.path.join("runs", experiment),
+                                        model_name),
         seed=values["seed"], epochs=values["epochs"], optimizer=values["optimizer"],
         learning_rate=values["learning_rate"], clip_norm=values["clip_norm"],
         resume=values["resume"], overwrite=values["overwrite"],
         num_devices=values["num_devices"], num_seeds=values["num_seeds"], flags=recorded,
         steps_per_epoch=values["steps_per_epoch"],
-        validation_steps=values["validation_steps"])
+        validation_steps=values["validation_steps"],
+        log_every_steps=values.get("log_every_steps", 50))

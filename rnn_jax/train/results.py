@@ -22,12 +22,17 @@ def write_results(workdir: os.PathLike, results: Mapping[str, Any]) -> Path:
 def replica_results(replicas: Sequence[dict], tests: Sequence[Optional[dict]],
                     seeds: Sequence[int]) -> dict:
   """results.json's history, best_epoch, val and test: the run's own for one seed; for
-  several, the means over replicas, plus "replicas", "mean" and "std" (ddof=1)."""
+  several, the means over replicas, plus "replicas", "mean" and "std" (ddof=1).
+
+  "best_epoch" is always a list, one epoch per replica ([3] for one seed); each replica's
+  own entry under "replicas" holds its number.
+  """
   each = [{"seed": seed, "history": rep["history"], "best_epoch": rep["best_epoch"],
            "val": rep["best_val"], "test": test}
           for seed, rep, test in zip(seeds, replicas, tests)]
   if len(seeds) == 1:
-    return {k: v for k, v in each[0].items() if k != "seed"}
+    return {**{k: v for k, v in each[0].items() if k != "seed"},
+            "best_epoch": [each[0]["best_epoch"]]}
   summary = lambda reduce: {
       "best_epoch": float(reduce([r["best_epoch"] for r in each])),
       "val": {k: float(reduce([r["val"][k] for r in each])) for k in each[0]["val"]},
@@ -52,7 +57,7 @@ def format_seconds(seconds: float) -> str:
 
 
 def format_metrics(values: Optional[Mapping[str, float]]) -> str:
-  return " - ".join(f"{k}: {v:.4f}" for k, v in (values or {}).items())
+  return " - ".join(f"{k}: {v:.4g}" for k, v in (values or {}).items())
 
 
 def progress_line(row: Mapping[str, float], epochs: int, eta: float, num_seeds: int = 1) -> str:
