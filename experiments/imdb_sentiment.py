@@ -6,7 +6,7 @@
 
 The reviews are encoded as `keras.datasets.imdb.load_data(num_words=--max_features)` and
 `pad_sequences(maxlen=--maxlen)` do (rnn_jax.data.imdb); without --data_path the canonical
-archive is downloaded once into third_party_data/cache. Training is the lecture's
+archive is downloaded once into the user's cache (or $RNN_JAX_DATA_CACHE). Training is the lecture's
 `fit(epochs=10, batch_size=128, validation_split=0.2)` with RMSprop(1e-3), through the
 shared `rnn_jax.train.fit`; the model's Dense(1) gives a logit and the loss is binary
 cross-entropy on logits, the same function as sigmoid + BCE. The test accuracy is that of

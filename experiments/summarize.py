@@ -1,13 +1,18 @@
-"""One table of every run under a directory, and a bar chart of validation MAE per model.
+"""One table per experiment of every run under a directory, and a bar chart of each.
 
+  python -m experiments.summarize --workdir=runs                  # every experiment's runs
   python -m experiments.summarize --workdir=runs/jena_forecast
 
-Reads every `results.json` below --workdir, prints a markdown table (experiment, model,
-best epoch, validation and test MAE in normalized units and in the target's unit,
-seconds; also written to <workdir>/summary.md) and draws <workdir>/val_mae.png: one bar
-per model, the naive baseline as a dashed line (one chart per experiment when the
-directory holds several: val_mae_<experiment>.png). A run of --num_seeds > 1 shows
-"mean ± std" over its replicas (and their bars the mean), and each replica's best epoch.
+Reads every `results.json` below --workdir and prints, per experiment, a markdown table
+with that experiment's own metrics, each named: accuracy and loss (binary cross-entropy)
+for IMDB, MSE for the adding problem, MAE normalized and in the target's unit for
+forecasting; then the best epoch, seconds and the run's directory (relative to
+--workdir), so that two runs of one model are told apart. The tables also go to
+<workdir>/summary.md. Each experiment gets a bar chart of its headline validation metric
+(accuracy, MSE, or MAE in the target's unit), the naive baseline as a dashed line:
+<workdir>/val_<metric>.png, or val_<metric>_<experiment>.png when there are several
+experiments. A run of --num_seeds > 1 shows "mean ± std" over its replicas (its bar the
+mean) and each replica's best epoch.
 """
 from __future__ import annotations
 
@@ -15,17 +20,25 @@ import json
 import pathlib
 from typing import Optional
 
+from absl import flags
+
 from rnn_jax import errors, plots_forecast, train
 from rnn_jax.checkpoints import write_atomic
 
 # --workdir is the experiments' shared flag (train.define_flags); here: where to search.
 FLAGS = train.define_flags()
+flags.declare_key_flag("workdir")
+FLAGS["workdir"].help = "The directory to search for results.json files (default: runs)."
 
 BASELINE = "naive"
+# The loss of results written before results.json recorded it ("config": {"loss": ...}).
+LOSS_OF_EXPERIMENT = {"adding_problem": "mse", "imdb_sentiment": "bce_logits"}
+LOSS_LABELS = {"mse": "MSE", "mae": "MAE", "bce_logits": "loss (BCE)"}
 
 
 def load_results(root: pathlib.Path) -> list[dict]:
-  """Every results.json under `root`, each with its "path" added; the baseline first."""
+  """Every results.json under `root`, each with "path" (the file) and "run" (its
+  directory relative to `root`) added; grouped by experiment, the baseline first."""
   found = []
   for path in sorted(root.rglob("results.json")):
     try:
@@ -34,73 +47,98 @@ def load_results(root: pathlib.Path) -> list[dict]:
       raise errors.UserError(f"{path}: not a results file: {e}") from None
     if not isinstance(results, dict) or "model" not in results:
       raise errors.UserError(f"{path}: not a results file: no 'model' key")
-    found.append({**results, "path": str(path)})
+    found.append({**results, "path": str(path),
+                  "run": str(path.parent.relative_to(root))})
   return sorted(found, key=lambda r: (str(r.get("experiment", "")), r["model"] != BASELINE))
 
 
-def _unit_mae(metrics: Optional[dict]) -> tuple[Optional[float], Optional[float], str]:
-  """(mae, mae in the target's unit, unit) of a val/test dict; None where absent."""
-  if not metrics:
-    return None, None, ""
-  for key, value in metrics.items():
-    if key.startswith("mae_"):
-      return metrics.get("mae"), value, key[len("mae_"):]
-  return metrics.get("mae", metrics.get("loss")), None, ""
+def loss_of(run: dict) -> str:
+  """The run's loss function: as recorded, else the experiment's, else MAE (forecasting)."""
+  recorded = (run.get("config") or {}).get("loss")
+  return recorded or LOSS_OF_EXPERIMENT.get(str(run.get("experiment")), "mae")
 
 
-def _fmt(value: Optional[float], digits: int, std: Optional[float] = None) -> str:
+def columns(runs: list[dict]) -> list[tuple[str, str]]:
+  """[(key in val/test, label)] of an experiment's runs, headline first: accuracy, the
+  loss (unless a metric repeats it), MAE, then MAE in the target's unit."""
+  keys = []
+  for run in runs:
+    for part in (run.get("val"), run.get("test")):
+      keys += [k for k in (part or {}) if k not in keys]
+  loss = loss_of(runs[0])
+  units = [k[len("mae_"):] for k in keys if k.startswith("mae_")]
+  labels = {"accuracy": "accuracy", "loss": LOSS_LABELS.get(loss, f"loss ({loss})"),
+            "mae": "MAE (normalized)" if units else "MAE",
+            **{f"mae_{unit}": f"MAE ({unit})" for unit in units}}
+  if loss in keys and "loss" in keys:  # e.g. an MAE loss beside the MAE metric
+    keys.remove("loss")
+  order = ["accuracy", "loss", "mae"] + [f"mae_{unit}" for unit in units]
+  return ([(k, labels[k]) for k in order if k in keys]
+          + [(k, k) for k in keys if k not in order])
+
+
+def _fmt(value: Optional[float], std: Optional[float] = None) -> str:
   if value is None:
     return "-"
-  return f"{value:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+  return f"{value:.4g}" + ("" if std is None else f" ± {std:.2g}")
 
 
 def _best_epoch(run: dict) -> str:
   best = run.get("best_epoch")
-  if isinstance(best, list):  # one per replica of a --num_seeds run
-    return ",".join(str(b) for b in best)
-  return str(best or "-")
+  best = best if isinstance(best, list) else [best]  # a number in older results
+  return ",".join(str(b) for b in best if b is not None) or "-"
 
 
-def table(runs: list[dict]) -> str:
-  """The markdown table, one row per run."""
-  lines = ["| experiment | model | best epoch | val MAE | val MAE (unit) | test MAE | "
-           "test MAE (unit) | seconds |", "|---|---|---|---|---|---|---|---|"]
+def experiment_table(runs: list[dict]) -> str:
+  """The markdown table of one experiment's runs, one row per run."""
+  cols = columns(runs)
+  head = (["model", "best epoch"] + [f"val {label}" for _, label in cols]
+          + [f"test {label}" for _, label in cols] + ["seconds", "run"])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in runs:
-    val, val_unit, unit = _unit_mae(r.get("val"))
-    test, test_unit, _ = _unit_mae(r.get("test"))
     std = r.get("std") or {}  # over the replicas of a --num_seeds run
-    val_std, val_unit_std, _ = _unit_mae(std.get("val"))
-    test_std, test_unit_std, _ = _unit_mae(std.get("test"))
-    unit = f" {unit}" if unit else ""
-    lines.append(
-        f"| {r.get('experiment', '-')} | {r['model']} | {_best_epoch(r)} | "
-        f"{_fmt(val, 4, val_std)} | "
-        f"{_fmt(val_unit, 3, val_unit_std)}{unit if val_unit is not None else ''} | "
-        f"{_fmt(test, 4, test_std)} | "
-        f"{_fmt(test_unit, 3, test_unit_std)}{unit if test_unit is not None else ''} | "
-        f"{_fmt(r.get('seconds'), 0)} |")
+    cells = [r["model"], _best_epoch(r)]
+    for part in ("val", "test"):
+      values, stds = r.get(part) or {}, std.get(part) or {}
+      cells += [_fmt(values.get(key), stds.get(key)) for key, _ in cols]
+    seconds = r.get("seconds")
+    cells += ["-" if seconds is None else f"{seconds:.0f}", r.get("run", r.get("path", "-"))]
+    lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
+def groups(runs: list[dict]) -> dict[str, list[dict]]:
+  """The runs by experiment, in `load_results`'s order."""
+  out: dict[str, list[dict]] = {}
+  for run in runs:
+    out.setdefault(str(run.get("experiment", "-")), []).append(run)
+  return out
+
+
+def table(runs: list[dict]) -> str:
+  """Every experiment's table under its name as a heading."""
+  return "\n\n".join(f"## {experiment}\n\n{experiment_table(group)}"
+                     for experiment, group in groups(runs).items())
+
+
 def charts(runs: list[dict], root: pathlib.Path) -> list[pathlib.Path]:
-  """A bar chart of validation MAE (target units when known) per experiment."""
-  experiments = sorted({r.get("experiment", "") for r in runs})
+  """Per experiment, a bar chart of its headline validation metric per model (the
+  naive baseline as a line); returns the PNGs written (an SVG lies beside each)."""
+  by_experiment = groups(runs)
   written = []
-  for experiment in experiments:
-    group = [r for r in runs if r.get("experiment", "") == experiment]
-    values = [_unit_mae(r.get("val")) for r in group]
-    in_unit = all(v[1] is not None for v in values)
-    pick = (lambda v: v[1]) if in_unit else (lambda v: v[0])
-    unit = values[0][2] if in_unit else "normalized"
-    baseline = next((pick(v) for r, v in zip(group, values) if r["model"] == BASELINE), None)
-    bars = [(r["model"], pick(v)) for r, v in zip(group, values)
-            if r["model"] != BASELINE and pick(v) is not None]
-    name = "val_mae.png" if len(experiments) == 1 else f"val_mae_{experiment}.png"
-    path = root / name
-    plots_forecast.compare_bars([m for m, _ in bars], [v for _, v in bars], path,
-                                ylabel=f"validation MAE ({unit})", baseline=baseline,
-                                title=f"{experiment}: validation MAE per model")
-    written.append(path)
+  for experiment, group in by_experiment.items():
+    cols = columns(group)
+    key, label = cols[-1] if cols[-1][0].startswith("mae_") else cols[0]
+    value = lambda r: (r.get("val") or {}).get(key)
+    baseline = next((value(r) for r in group if r["model"] == BASELINE), None)
+    bars = [(r["model"], value(r)) for r in group
+            if r["model"] != BASELINE and value(r) is not None]
+    stem = "mae" if key.startswith("mae") else ("mse" if label == "MSE" else key)
+    name = f"val_{stem}" + ("" if len(by_experiment) == 1 else f"_{experiment}") + ".png"
+    plots_forecast.compare_bars([m for m, _ in bars], [v for _, v in bars], root / name,
+                                ylabel=f"validation {label}", baseline=baseline,
+                                title=f"{experiment}: validation {label} per model")
+    written.append(root / name)
   return written
 
 

@@ -41,10 +41,10 @@ def test_batches_split_train_validation_test():
 
 
 def test_unknown_model_is_a_one_line_error(tmp_path):
-  bad = runs.run(tmp_path, "--models=gru,transformer")
+  bad = runs.run(tmp_path, "--model=gru,transformer")
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [
-      "error: --models: unknown ['transformer']; choose from ['simple_rnn', 'lstm', 'gru']"]
+      "error: --model: unknown ['transformer']; choose from ['simple_rnn', 'lstm', 'gru']"]
 
 
 @pytest.mark.slow

@@ -337,7 +337,7 @@ CASES = {
                          r"lengths\.npz: x_train has 3 reviews and y_train 2 labels"),
     # --- IMDB: flags
     "imdb_unknown_model": (_imdb("good.tar.gz", "--model=cnn"),
-                           r"^FATAL Flags parsing error: flag --model=cnn: value should be one of"),
+                           r"--model: unknown \['cnn'\]; choose from \['simple_rnn', 'lstm', "),
     "imdb_max_features_3": (_imdb("good.tar.gz", "--max_features=3"),
                             r"--max_features must be at least 4"),
     "imdb_zero_maxlen": (_imdb("good.tar.gz", "--maxlen=0"),

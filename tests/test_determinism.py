@@ -60,7 +60,7 @@ def _experiment_runs(tmp_path):
       "experiments.imdb_sentiment": (
           [f"--data_path={archive}", "--model=lstm", "--recurrent_dropout=0.2", "--dropout=0.1",
            "--maxlen=12", "--max_features=40", "--units=4", "--embedding_dim=4",
-           "--batch_size=8", "--epochs=2"], "results.json"),
+           "--batch_size=8", "--epochs=2"], "lstm/results.json"),
   }
 
 

@@ -2,7 +2,9 @@
 import hashlib
 import http.server
 import io
+import pathlib
 import socket
+import sys
 import tarfile
 import threading
 import time
@@ -134,11 +136,13 @@ def test_cache_dir_from_environment(server, tmp_path, monkeypatch):
   assert path == tmp_path / "env_cache" / "good.tar.gz"
 
 
-def test_default_cache_dir_is_in_the_repo(monkeypatch):
+@pytest.mark.skipif(sys.platform != "linux", reason="XDG_CACHE_HOME is the Linux rule")
+def test_default_cache_dir_is_the_user_s(monkeypatch, tmp_path):
   monkeypatch.delenv(download.CACHE_ENV, raising=False)
-  cache = download.default_cache_dir()
-  assert cache.parts[-2:] == ("third_party_data", "cache")
-  assert (cache.parent.parent / "rnn_jax" / "data" / "download.py").is_file()
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # platformdirs' Linux rule
+  assert download.default_cache_dir() == tmp_path / "xdg" / "rnn_jax"
+  repo = pathlib.Path(download.__file__).resolve().parents[2]
+  assert repo not in download.default_cache_dir().parents  # never inside the package
 
 
 def test_malformed_checksum_is_a_programming_error(tmp_path):

@@ -274,8 +274,8 @@ def _run_experiment(tmp_path, *flags, timeout=600, cache=None):
   env = dict(os.environ, RNN_JAX_DATA_CACHE=str(cache or tmp_path / "cache"))
   proc = subprocess.run([sys.executable, "-m", "experiments.imdb_sentiment", *flags],
                         cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-  results = tmp_path / "run" / "results.json"
-  return proc, (json.loads(results.read_text()) if results.exists() else None)
+  results = sorted((tmp_path / "run").glob("*/results.json"))  # <workdir>/<model>/
+  return proc, (json.loads(results[0].read_text()) if results else None)
 
 
 @pytest.mark.e2e
@@ -295,8 +295,8 @@ def test_experiment_end_to_end(tmp_path):
                                                          cache_dir=tmp_path / "c").words)}
   (epoch,) = results["history"]
   assert 0.0 <= epoch["val_accuracy"] <= 1.0 and np.isfinite(epoch["loss"])
-  assert 0.0 <= results["test"]["accuracy"] <= 1.0 and results["best_epoch"] == 1
-  assert (tmp_path / "run" / "history.png").is_file()
+  assert 0.0 <= results["test"]["accuracy"] <= 1.0 and results["best_epoch"] == [1]
+  assert (tmp_path / "run" / "bidirectional_lstm" / "history.png").is_file()
 
 
 @pytest.mark.parametrize("flag, message", [

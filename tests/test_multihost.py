@@ -42,7 +42,7 @@ def _imdb_flags(tmp_path):
   archive = make_archive(tmp_path / "aclImdb_v1.tar.gz", reviews)
   return ["experiments.imdb_sentiment", f"--data_path={archive}", "--model=lstm",
           "--recurrent_dropout=0.2", "--maxlen=20", "--max_features=30", "--units=4",
-          "--embedding_dim=4", "--batch_size=8", "--epochs=2"], "{workdir}"
+          "--embedding_dim=4", "--batch_size=8", "--epochs=2"], "{workdir}/lstm"
 
 
 def _jena_flags(tmp_path):

@@ -100,7 +100,7 @@ def test_fit_writes_results_checkpoints_and_plot(tmp_path, capsys):
   assert history[-1]["loss"] < history[0]["loss"]
   assert history[0]["mae_degC"] == pytest.approx(2 * history[0]["mae"])
   val_losses = [h["val_loss"] for h in history]
-  assert results["best_epoch"] == 1 + int(np.argmin(val_losses))
+  assert results["best_epoch"] == [1 + int(np.argmin(val_losses))]
   assert results["val"]["loss"] == min(val_losses)
   # The test metrics are those of the returned (best) params.
   test = train.evaluate(lambda p, x: MODEL.apply(p, x), result.params, _data().test(),

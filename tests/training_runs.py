@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--models=gru", "--seq_len=6", "--units=4", "--num_train=320", "--num_test=64",
+TINY = ["--model=gru", "--seq_len=6", "--units=4", "--num_train=320", "--num_test=64",
         "--batch_size=32", "--epochs=3"]
 TIMINGS = ("seconds", "steps_per_s")
 

@@ -2,8 +2,8 @@
 
   path = fetch("https://host/data.tar.gz", sha256="ab12...")   # -> pathlib.Path
 
-The cache is `<repo>/third_party_data/cache` (the environment variable
-`RNN_JAX_DATA_CACHE` overrides it). A cached file whose sha256 matches is returned
+The cache is the user's cache directory (`platformdirs.user_cache_dir("rnn_jax")`, e.g.
+~/.cache/rnn_jax on Linux); the environment variable `RNN_JAX_DATA_CACHE` overrides it. A cached file whose sha256 matches is returned
 without touching the network. Otherwise the file is streamed into a temporary file in
 the cache directory, its size and sha256 are checked, and only then is it moved into
 place with `os.replace`: an interrupted, truncated or corrupt transfer never leaves a
@@ -28,15 +28,17 @@ from rnn_jax.errors import UserError
 PathLike = Union[str, os.PathLike]
 
 CACHE_ENV = "RNN_JAX_DATA_CACHE"
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _CHUNK = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def default_cache_dir() -> pathlib.Path:
-  """`$RNN_JAX_DATA_CACHE`, else `<repo>/third_party_data/cache`."""
+  """`$RNN_JAX_DATA_CACHE`, else the user's cache directory for rnn_jax."""
   override = os.environ.get(CACHE_ENV)
-  return pathlib.Path(override) if override else _REPO_ROOT / "third_party_data" / "cache"
+  if override:
+    return pathlib.Path(override)
+  import platformdirs  # pylint: disable=import-outside-toplevel
+  return pathlib.Path(platformdirs.user_cache_dir("rnn_jax"))
 
 
 def sha256_of(path: PathLike) -> str:

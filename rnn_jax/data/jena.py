@@ -154,7 +154,7 @@ def locate(data_path: Optional[str] = None, cache_dir: Optional[os.PathLike] = N
            timeout: float = 60.0) -> pathlib.Path:
   """The Jena CSV to read: `data_path` (a .csv or .zip), else the cached copy, else a download.
 
-  The cache is `download.default_cache_dir()` (third_party_data/cache) unless `cache_dir`.
+  The cache is `download.default_cache_dir()` (the user's cache) unless `cache_dir`.
   Raises UserError saying where to put the file when it is absent and cannot be downloaded.
   """
   if data_path:
