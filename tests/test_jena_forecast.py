@@ -121,10 +121,13 @@ def test_naive_baseline_is_the_lecture_s(all_models):
 def test_summarize_builds_its_table_and_chart(all_models):
   proc = run("experiments.summarize", f"--workdir={all_models}")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  rows = [line for line in proc.stdout.splitlines() if line.startswith("| jena_forecast")]
-  assert [row.split("|")[2].strip() for row in rows] == ["naive", *sorted(MODELS[1:])]
-  assert all("degC" in row for row in rows)
+  table = proc.stdout.split("## jena_forecast\n", 1)[1].split("\nwrote")[0]
+  assert "| val MAE (normalized) | val MAE (degC) |" in table.splitlines()[1]
+  rows = table.strip().splitlines()[2:]
+  assert [row.split("|")[1].strip() for row in rows] == ["naive", *sorted(MODELS[1:])]
+  assert [row.split("|")[-2].strip() for row in rows] == ["naive", *sorted(MODELS[1:])]  # run
   assert (all_models / "val_mae.png").stat().st_size > 0
+  assert (all_models / "val_mae.svg").stat().st_size > 0
   assert (all_models / "summary.md").read_text().strip() == proc.stdout.split("\nwrote")[0].strip()
 
 
