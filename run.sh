@@ -22,7 +22,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "run.sh: creating $VENV (first run only)" >&2
   "$PYTHON" -m venv "$VENV"
 fi
-install core -e .
+# The package with what the experiments need (training, data, plots); the bare package
+# (`pip install .`) is the cells and layers on JAX alone.
+install core -e ".[experiments]"
 
 case "${1:-}" in
   "")

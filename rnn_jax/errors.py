@@ -9,8 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from absl import app
-
 
 class UserError(Exception):
   """A problem with the user's input, flags or files; the message is shown as is."""
@@ -32,8 +30,9 @@ def run(main: Callable) -> None:
   absl itself reports bad flag values (unknown enum, failed validator) in one line and
   exits 1.
   """
+  # absl only here: the data modules raise UserError without needing absl installed.
+  from absl import app, logging  # pylint: disable=import-outside-toplevel
   # Keep the terminal to the experiment's own lines: JAX's INFO logs (e.g. "Unable to
   # initialize backend 'tpu'") show only with --verbosity=0 or more.
-  from absl import logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
   app.run(_guarded(main))
