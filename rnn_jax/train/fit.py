@@ -149,9 +149,9 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   replicas = meta["replicas"]
   seconds_before = meta["seconds"]
   session_start = time.time()
-  monitor = progress_lib.Monitor(workdir, epochs=options.epochs, steps_per_epoch=steps_per_epoch,
-                                 seeds=seeds, log_every_steps=options.log_every_steps,
-                                 fresh=meta["epoch"] == meta["step"] == 0)
+  monitor = progress_lib.Monitor(  # the bar, the epoch lines, TensorBoard and metrics.csv
+      workdir, epochs=options.epochs, steps_per_epoch=steps_per_epoch, seeds=seeds,
+      log_every_steps=options.log_every_steps, fresh=meta["epoch"] == meta["step"] == 0)
 
   def save_latest(epoch_done: int, step: int, epoch_seconds: float = 0.0):
     meta.update(epoch=epoch_done, step=step, replicas=replicas, epoch_seconds=epoch_seconds,
@@ -253,8 +253,8 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
                   loss=loss, best_epochs=results["best_epoch"])
     rundir.kill_point("results")
     results_lib.write_results(workdir, results)
-  test = results["test"]
-  _print(f"best epoch {','.join(map(str, results['best_epoch']))}: val {results_lib.format_metrics(results['val'])}"
+  test, best = results["test"], ",".join(map(str, results["best_epoch"]))
+  _print(f"best epoch {best}: val {results_lib.format_metrics(results['val'])}"
          + (f"; test {results_lib.format_metrics(test)}" if test else "")
          + (f" (mean of {num_seeds} seeds)" if num_seeds > 1 else "") + f"; wrote {workdir}")
   return FitResult(results, best_params)
