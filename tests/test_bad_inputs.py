@@ -354,9 +354,10 @@ CASES = {
                                     r"--learning_rate must be positive, got -1\.0"),
     "imdb_workdir_is_a_file": (_imdb("good.tar.gz", "--workdir={in}/a_file"),
                                r"--workdir: \S*/a_file exists and is not a directory"),
-    "imdb_finished_run": (_imdb("good.tar.gz", before={"run/results.json": "{}", "run/.lock": ""}),
-                          r"\S*/run already holds a finished run \(\S*/run/results\.json\); pass "
-                          r"--overwrite"),
+    "imdb_finished_run": (_imdb("good.tar.gz", before={"run/lstm/results.json": "{}",
+                                                       "run/lstm/.lock": ""}),
+                          r"\S*/run/lstm already holds a finished run "
+                          r"\(\S*/run/lstm/results\.json\); pass --overwrite"),
     # --- IMDB: the download
     "imdb_cache_is_a_file": (_imdb(None, env={"RNN_JAX_DATA_CACHE": "{in}/a_file"}),
                              r"cannot create the data cache \S*/a_file"),
