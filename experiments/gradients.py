@@ -45,6 +45,7 @@ flags.DEFINE_list("parts", ["profiles", "clipping"], "What to run: profiles, cli
 FLAGS = train.define_flags(epochs=10, batch_size=64, optimizer="adam", learning_rate=1e-2,
                            validation_split=0.2)
 FLAGS.set_default("clip_norm", 1.0)
+flags.adopt_module_key_flags(train.options)  # --help lists the shared training flags too
 
 
 def _scaled_recurrent_kernel(cell: cells.GatedCell, scale: float) -> cells.GatedCell:
