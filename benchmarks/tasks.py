@@ -61,8 +61,8 @@ def layer_stack(layers, task: Task, implementation: Optional[str] = None) -> lis
     if kind == "bilstm":
       stack.append(layers.Bidirectional(layers.LSTM(units, **options)))
     else:
-      stack.append({"gru": layers.GRU, "lstm": layers.LSTM, "min_gru": layers.MinGRU,
-                    "min_lstm": layers.MinLSTM}[kind](units, **options))
+      name = {"gru": "GRU", "lstm": "LSTM", "min_gru": "MinGRU", "min_lstm": "MinLSTM"}[kind]
+      stack.append(getattr(layers, name)(units, **options))  # Keras has no MinGRU
   stack.append(layers.Dense(1, activation="sigmoid" if task.loss == "bce" else None))
   return stack
 

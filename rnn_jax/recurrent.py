@@ -285,6 +285,9 @@ def _loop(cell, params, inputs, *, units=None, initial_carry=None, mask=None,
       raise ValueError("unroll needs units= (or initial_carry=) to start the cell's carry")
     initial_carry = cell.initial_carry(batch, units, inputs.dtype)
   if recurrent_dropout and gates is None:
+    if linear_of(cell) is not None:
+      raise ValueError(f"recurrent_dropout: {type(cell).__name__} is linear in its state, "
+                       "with no recurrent weights to drop")
     raise ValueError(f"recurrent_dropout needs a cell that declares its gate layout "
                      f"(cells.Gates); {type(cell).__name__} does not")
   if units is None and gates is not None:

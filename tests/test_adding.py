@@ -44,7 +44,7 @@ def test_unknown_model_is_a_one_line_error(tmp_path):
   bad = runs.run(tmp_path, "--model=gru,transformer")
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [
-      "error: --model: unknown ['transformer']; choose from ['simple_rnn', 'lstm', 'gru']"]
+      "error: --model: unknown ['transformer']; choose from ['simple_rnn', 'lstm', 'gru', 'min_gru', 'min_lstm']"]
 
 
 @pytest.mark.slow

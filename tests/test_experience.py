@@ -60,7 +60,7 @@ def root(tmp_path_factory):
   return tmp / "runs"
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # the three experiments at their own defaults: ~4 min
 def test_every_experiment_puts_each_model_under_the_workdir(root):
   found = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("results.json"))
   assert found == ["adding_problem/gru", "imdb_sentiment/gru", "imdb_sentiment/lstm",
@@ -71,7 +71,7 @@ def test_every_experiment_puts_each_model_under_the_workdir(root):
     assert results["flags"]["model"] == results["model"]
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # the three experiments at their own defaults: ~4 min
 def test_results_say_how_they_were_made(root):
   results = json.loads((root / "jena_forecast" / "gru_dropout" / "results.json").read_text())
   config = results["config"]
@@ -99,7 +99,7 @@ def test_results_say_how_they_were_made(root):
   assert naive["best_epoch"] == [] and naive["provenance"]["versions"] == versions
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # the three experiments at their own defaults: ~4 min
 def test_tensorboard_and_csv_hold_every_epoch(root):
   run = root / "imdb_sentiment" / "lstm"
   (events,) = glob.glob(str(run / "tensorboard" / "events.out.tfevents.*"))
@@ -117,7 +117,7 @@ def test_tensorboard_and_csv_hold_every_epoch(root):
   assert steps == [4, 8, 12, 16, 20, 24]
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # the three experiments at their own defaults: ~4 min
 def test_summarize_names_each_experiment_s_metrics(root, tmp_path):
   proc = _run("experiments.summarize", f"--workdir={root}", tmp_path=tmp_path)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -8,7 +8,7 @@ import pytest
 
 import training_runs as runs
 
-pytestmark = pytest.mark.e2e  # subprocess runs of the experiments: see pyproject.toml
+pytestmark = pytest.mark.slow  # trains four models and two clipping runs: ~1 min
 
 
 def test_small_run_writes_the_story(tmp_path):

@@ -73,7 +73,7 @@ def _cases(fast):
 
 
 @pytest.mark.parametrize("name,method", _cases(
-    {(n, m) for n in CELLS for m in ("deer", "quasi_deer")} | {("lstm", "elk"), ("gru", "quasi_elk")}))
+    {(n, m) for n in CELLS for m in ("deer", "quasi_deer")}))  # ELK compiles for ~30 s: slow
 def test_values_equal_sequential_t100(name, method):
   _check_values(CELLS[name](), "init", 100, method)
 

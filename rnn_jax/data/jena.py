@@ -21,6 +21,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from typing import Optional
 
 from rnn_jax.data import download, timeseries
@@ -80,8 +81,8 @@ def is_canonical(path) -> bool:
         return True
     with open(path, "rb") as f:
       return same_content(f)
-  except (OSError, zipfile.BadZipFile):
-    return False
+  except (OSError, EOFError, zipfile.BadZipFile, zlib.error):
+    return False  # unreadable: the reader that follows says why, in the user's terms
 
 
 def same_content(stream) -> bool:
