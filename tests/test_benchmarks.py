@@ -66,6 +66,7 @@ def test_seeds_benchmark_reports_each_variant():
   assert "--num_seeds=2 takes" in done.stdout
 
 
+@pytest.mark.slow  # ten frameworks, each in its own process: ~1 min
 def test_every_framework_times_a_step():
   """One timed step of every framework on jena_gru: each peer module runs (or says it is
   unsupported or not installed), none fails."""

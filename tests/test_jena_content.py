@@ -1,6 +1,7 @@
 """The lecture's Jena CSV is recognised by its content, not only by its bytes: a copy
 with Windows line endings, or re-saved by pandas, still gets the lecture's handling."""
 import datetime
+import functools
 import zipfile
 
 import pytest
@@ -8,21 +9,24 @@ import pytest
 from rnn_jax.data import jena
 
 
+@functools.lru_cache(maxsize=1)
+def _stamps():
+  """The canonical file's first ROWS timestamps, 10 minutes apart (computed once)."""
+  start = datetime.datetime(2009, 1, 1, 0, 10)
+  step = datetime.timedelta(minutes=10)
+  return [(start + i * step).strftime("%d.%m.%Y %H:%M:%S") for i in range(jena.ROWS)]
+
+
 def _write_jena_like(path, *, rows=jena.ROWS, newline="\n", index=False, last=None):
   """A file with the Jena CSV's header, row count and first and last timestamps (the
   timestamps between are 10 minutes apart, as the canonical file's mostly are)."""
-  start = datetime.datetime(2009, 1, 1, 0, 10)
-  step = datetime.timedelta(minutes=10)
-  header = ",".join(jena.HEADER)
   values = ",".join(["996.52", "-8.02", "265.4", "-8.9", "93.3", "3.33", "3.11", "0.22",
                      "1.94", "3.12", "1307.75", "1.03", "1.75", "152.3"])
+  stamps = _stamps()[:rows - 1] + [last or jena.LAST_TIME]
+  lines = [(f"{i}," if index else "") + f"{stamp},{values}" for i, stamp in enumerate(stamps)]
+  header = ("," if index else "") + ",".join(jena.HEADER)
   with open(path, "w", newline="") as f:
-    f.write(("," if index else "") + header + newline)
-    for i in range(rows):
-      stamp = (start + i * step).strftime("%d.%m.%Y %H:%M:%S")
-      if i == rows - 1:
-        stamp = last or jena.LAST_TIME
-      f.write((f"{i}," if index else "") + f"{stamp},{values}{newline}")
+    f.write(newline.join([header, *lines]) + newline)
   return path
 
 
