@@ -64,6 +64,7 @@ def _experiment_runs(tmp_path):
   }
 
 
+@pytest.mark.slow  # four experiment processes: ~30 s (the two-process test stays)
 @pytest.mark.parametrize("module", ["experiments.jena_forecast", "experiments.imdb_sentiment"])
 def test_each_experiment_repeats_itself_across_processes(tmp_path, module):
   """The same flags and seed: identical results.json but for the wall-clock timings."""

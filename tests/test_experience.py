@@ -135,7 +135,7 @@ def test_summarize_names_each_experiment_s_metrics(root, tmp_path):
     assert (root / f"{chart}.png").stat().st_size > 0 and (root / f"{chart}.svg").is_file()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # three experiment processes: ~40 s
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_help_shows_the_shared_flags(name, tmp_path):
   proc = _run(f"experiments.{name}", "--help", tmp_path=tmp_path)  # absl exits 1 after help

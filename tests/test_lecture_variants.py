@@ -53,7 +53,7 @@ def test_lecture_options_reach_the_layers():
 LECTURE = ["--activation=leaky_relu", "--reset_after=false", "--head=maxout"]
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # three experiment processes: ~75 s (the options are tested in-process)
 @pytest.mark.parametrize("experiment", ["adding_problem", "imdb_sentiment", "jena_forecast"])
 def test_each_experiment_takes_the_lecture_flags(tmp_path, experiment):
   if experiment == "adding_problem":

@@ -53,6 +53,7 @@ def _jena_flags(tmp_path):
           "--val_end=450"], "{workdir}/gru_dropout"
 
 
+@pytest.mark.slow  # two experiments twice each: ~75 s (the seeds and processes tests stay)
 @pytest.mark.parametrize("flags", [_imdb_flags, _jena_flags], ids=["imdb", "jena"])
 def test_experiment_on_four_devices_equals_one(tmp_path, flags):
   (module, *args), results_dir = flags(tmp_path)
