@@ -109,16 +109,23 @@ def _gates_of(v, kernel, mask, first_gate):
   return n, mask[first_gate:first_gate + n]
 
 
-def _plain_matmuls(mask):
-  """The reference `Matmuls`: v @ kernel split per gate, gate g's input masked by mask[g]."""
+def _matmuls(mask, per_gate_masks):
+  """A `Matmuls`: one v @ kernel split per gate where every gate sees the same input (no
+  mask, or one shared), else per_gate_masks(v, kernel, masks, n) with one mask per gate."""
   def matmuls(v, kernel, first_gate=0):
     n, mask_ = _gates_of(v, kernel, mask, first_gate)
     if mask_ is None:
       return jnp.split(v @ kernel, n, axis=-1)
     if mask_.shape[0] == 1:
       return jnp.split((v * mask_[0]) @ kernel, n, axis=-1)
-    return [(v * m) @ k for m, k in zip(mask_, jnp.split(kernel, n, axis=-1))]
+    return per_gate_masks(v, kernel, mask_, n)
   return matmuls
+
+
+def _plain_matmuls(mask):
+  """The reference `Matmuls`: gate g's input masked by mask[g], one matmul per gate."""
+  return _matmuls(mask, lambda v, kernel, masks, n: [
+      (v * m) @ k for m, k in zip(masks, jnp.split(kernel, n, axis=-1))])
 
 
 # ----------------------------------------------------------------------------- fused
@@ -135,15 +142,8 @@ def _fused_body(gates, params, xw, input_mask, recurrent_mask) -> LoopBody:
 
 def _fused_matmuls(mask):
   """One matmul for all gates; per-gate masks make it one batched matmul over the gates."""
-  def matmuls(v, kernel, first_gate=0):
-    n, mask_ = _gates_of(v, kernel, mask, first_gate)
-    if mask_ is None:
-      return jnp.split(v @ kernel, n, axis=-1)
-    if mask_.shape[0] == 1:
-      return jnp.split((v * mask_[0]) @ kernel, n, axis=-1)
-    per_gate = kernel.reshape(kernel.shape[0], n, -1)
-    return list(jnp.einsum("g...u,ugk->g...k", v * mask_, per_gate))
-  return matmuls
+  return _matmuls(mask, lambda v, kernel, masks, n: list(jnp.einsum(
+      "g...u,ugk->g...k", v * masks, kernel.reshape(kernel.shape[0], n, -1))))
 
 
 # ----------------------------------------------------------------------------- per gate

@@ -353,6 +353,20 @@ def _portable_body(cell, params, x, input_mask, recompute: bool) -> _fast_paths.
                               recompute=recompute)
 
 
+def _whole_sequence_inputs(cell, inputs, units, initial_carry, dropout, training, key):
+  """(x <[batch, time, features]> with the sequence's input dropout mask applied, the
+  initial carry) for the unrolls that see the whole sequence at once."""
+  x = inputs.lookup() if isinstance(inputs, Embedded) else inputs
+  batch, _, input_size = x.shape
+  if initial_carry is None:
+    if units is None:
+      raise ValueError("unroll needs units= (or initial_carry=) to start the cell's carry")
+    initial_carry = cell.initial_carry(batch, units, x.dtype)
+  input_mask, _ = sequence_dropout_masks(None, key, (batch,), input_size, units, dropout, 0.0,
+                                         training, x.dtype)
+  return (x if input_mask is None else x * input_mask[0][:, None, :]), initial_carry
+
+
 def _linear_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask=None,
                    go_backwards=False, return_sequences=False, zero_output_for_mask=False,
                    dropout=0.0, recurrent_dropout=0.0, training=False, key=None,
@@ -361,19 +375,11 @@ def _linear_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask
   step in one matmul, then h_t = a_t * h_{t-1} + b_t by `linear_scan.linear_recurrence`.
   A masked step keeps h (a = 1, b = 0), which is also its output."""
   implementation = resolve_implementation(cell, implementation)
-  x = inputs.lookup() if isinstance(inputs, Embedded) else inputs
-  batch, _, input_size = x.shape
   if recurrent_dropout:
     raise ValueError(f"recurrent_dropout: {type(cell).__name__} is linear in its state, with "
                      "no recurrent weights to drop")
-  if initial_carry is None:
-    if units is None:
-      raise ValueError("unroll needs units= (or initial_carry=) to start the cell's carry")
-    initial_carry = cell.initial_carry(batch, units, x.dtype)
-  input_mask, _ = sequence_dropout_masks(None, key, (batch,), input_size, units, dropout, 0.0,
-                                         training, x.dtype)
-  if input_mask is not None:
-    x = x * input_mask[0][:, None, :]
+  x, initial_carry = _whole_sequence_inputs(cell, inputs, units, initial_carry, dropout,
+                                            training, key)
   if go_backwards:
     x, mask = x[:, ::-1], None if mask is None else mask[:, ::-1]
   mask = None if mask is None else mask.astype(bool)
@@ -398,18 +404,11 @@ def _parallel_unroll(cell, params, inputs, *, units=None, initial_carry=None, ma
                      implementation="parallel", method="deer"):
   """`unroll` by `parallel.evaluate`: the step sees (carry, previous output) and the
   padding mask as one more input column, so that a masked step keeps both."""
-  x = inputs.lookup() if isinstance(inputs, Embedded) else inputs
-  batch, time, input_size = x.shape
   if recurrent_dropout:
     raise ValueError("recurrent_dropout is not available with implementation='parallel'")
-  if initial_carry is None:
-    if units is None:
-      raise ValueError("unroll needs units= (or initial_carry=) to start the cell's carry")
-    initial_carry = cell.initial_carry(batch, units, x.dtype)
-  input_mask, _ = sequence_dropout_masks(None, key, (batch,), input_size, units, dropout, 0.0,
-                                         training, x.dtype)
-  if input_mask is not None:
-    x = x * input_mask[0][:, None, :]
+  x, initial_carry = _whole_sequence_inputs(cell, inputs, units, initial_carry, dropout,
+                                            training, key)
+  batch, time, input_size = x.shape
   keep = jnp.ones((batch, time), x.dtype) if mask is None else mask.astype(x.dtype)
   xs = jnp.swapaxes(jnp.concatenate([x, keep[..., None]], axis=-1), 0, 1)
   if go_backwards:
