@@ -10,9 +10,8 @@ The sequences are drawn from --data_seed (default: --seed). With --num_seeds=N e
 replica trains on the same sequences, those of --data_seed (default: --seed): replica r
 is the run with --seed=seed+r --data_seed=seed.
 """
-import dataclasses
-import json
 import os
+import pathlib
 
 from absl import flags
 
@@ -37,36 +36,35 @@ FLAGS = train.define_flags(epochs=20, batch_size=64, optimizer="adam", learning_
 
 def main(argv):
   del argv
-  unknown = [m for m in FLAGS.models if m not in MODELS]
-  if unknown:
-    raise errors.UserError(f"--models: unknown {unknown}; choose from {list(MODELS)}")
+  train.check_names(FLAGS.models, list(MODELS), "models")
   for name in ("seq_len", "units", "num_train", "num_test"):
     if FLAGS[name].value < 2:
       raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
+  if FLAGS.data_seed is not None and not 0 <= FLAGS.data_seed < 2**32:
+    raise errors.UserError(f"--data_seed must be in [0, 2**32), got {FLAGS.data_seed}")
   train.set_up(FLAGS)
   workdir = FLAGS.workdir or os.path.join("runs", "adding_problem")
+  train.check_workdir(pathlib.Path(workdir))
   options = {m: train.TrainOptions.from_flags(FLAGS, experiment="adding_problem", model_name=m,
                                               workdir=os.path.join(workdir, m))
              for m in FLAGS.models}  # checks the shared flags before anything else
+  # Every model checked before any trains; --models is the comparison's, not the model's.
+  runs = train.plan_runs(options, list_flag="models")
   data = adding.batches(seq_len=FLAGS.seq_len, num_train=FLAGS.num_train,
                         num_test=FLAGS.num_test, validation_split=FLAGS.validation_split,
                         batch_size=FLAGS.batch_size,
                         seed=FLAGS.seed if FLAGS.data_seed is None else FLAGS.data_seed)
   results = {}
-  for model_name, model_options in options.items():
-    # --models is the comparison's, not the model's: resuming with other models is fine.
-    model_options = dataclasses.replace(model_options, flags={
-        k: v for k, v in model_options.flags.items() if k != "models"})
-    finished = os.path.join(model_options.workdir, "results.json")
-    if FLAGS.resume and os.path.exists(finished):
-      print(f"--- {model_name}: finished earlier, reusing {finished}", flush=True)
-      with open(finished) as f:
-        results[model_name] = json.load(f)
+  for run in runs:
+    model_name = run.name
+    if run.finished:
+      print(f"--- {model_name}: finished earlier with the same flags, reusing "
+            f"{os.path.join(run.options.workdir, 'results.json')}", flush=True)
+      results[model_name] = run.results
       continue
     print(f"--- {model_name}, T={FLAGS.seq_len}", flush=True)
     model = layers.with_implementation(MODELS[model_name](FLAGS.units), FLAGS.implementation)
-    results[model_name] = train.fit(model, data, loss="mse",
-                                    options=model_options).results
+    results[model_name] = train.fit(model, data, loss="mse", options=run.options).results
 
   print(f"\nAdding problem, T={FLAGS.seq_len} (predicting the mean: MSE "
         f"{adding.CONSTANT_PREDICTION_MSE:.3f})\n\n| model | test MSE | best epoch | seconds |\n"

@@ -73,8 +73,12 @@ def main(argv):
   train.set_up(FLAGS)
   options = train.TrainOptions.from_flags(FLAGS, experiment="imdb_sentiment",
                                           model_name=FLAGS.model)
-  if os.path.exists(options.workdir) and not os.path.isdir(options.workdir):
-    raise errors.UserError(f"--workdir: {options.workdir} exists and is not a directory")
+  # The workdir checked (finished, interrupted: same flags?) before the reviews are read.
+  [run] = train.plan_runs({FLAGS.model: options})
+  if run.finished:
+    print(f"{FLAGS.model}: finished earlier with the same flags; results in "
+          f"{os.path.join(options.workdir, 'results.json')}", flush=True)
+    return
   data = imdb.load(FLAGS.data_path, num_words=FLAGS.max_features, maxlen=FLAGS.maxlen)
   batches = imdb.batches(data, batch_size=FLAGS.batch_size,
                          validation_split=FLAGS.validation_split)

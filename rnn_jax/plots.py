@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -10,13 +9,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+from rnn_jax import files  # pylint: disable=g-import-not-at-top
+
 
 def _save_atomic(fig, path: os.PathLike) -> None:
-  path = Path(path)
-  tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-  fig.savefig(tmp, dpi=100, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
+  """Through a temporary file; a write error is one `UserError` line (rnn_jax.files)."""
+  files.save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def history(history: Sequence[Mapping[str, float]], path: os.PathLike, title: str = "") -> None:

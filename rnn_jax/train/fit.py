@@ -86,6 +86,8 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
   lock = rundir.lock(workdir) if distributed.is_primary() else contextlib.nullcontext()
   with lock, rundir.StopOnSigint() as sigint:
     rundir.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
+    if options.resume:  # before any array is read: another configuration is refused
+      rundir.check_resume(workdir, rundir.config_of(options.flags), options.epochs)
     distributed.barrier(f"fit-start-{workdir}")
     return _fit(model, batches, loss, tuple(metrics), options, target_unit,
                 extra_results or {}, workdir, sigint, placement, steps_per_epoch, val_steps)
@@ -116,8 +118,11 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
 
   # A fresh start, or the latest good checkpoint. `meta` is the checkpoint's JSON part;
   # meta["replicas"][r] holds replica r's history and best epoch.
-  config = {k: v for k, v in options.flags.items() if k not in RESUMABLE_FLAGS}
+  config = rundir.config_of(options.flags)
+  session_flags = {k: v for k, v in options.flags.items()
+                   if k in RESUMABLE_FLAGS and k not in ("resume", "overwrite", "workdir")}
   meta = {"epoch": 0, "step": 0, "seconds": 0.0, "epoch_seconds": 0.0, "config": config,
+          "session_flags": session_flags, "resumed": [],
           "replicas": [{"history": [], "best_epoch": None, "best_loss": None, "best_val": None}
                        for _ in seeds]}
   if options.resume:
@@ -129,6 +134,12 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
     else:
       name, saved, meta = restored
       rundir.check_same_config(meta["config"], config, workdir)
+      # The flags that may change on a resume are recorded where they changed.
+      before = meta.get("session_flags", {})
+      changed = {k: v for k, v in session_flags.items() if before.get(k, v) != v}
+      meta["resumed"] = [*meta.get("resumed", []),
+                         {"epoch": meta["epoch"], "step": meta["step"], "changed": changed}]
+      meta["session_flags"] = session_flags
       state = TrainState(saved["params"], saved["opt_state"], saved["totals"], state.seeds)
       best_params = saved["best_params"]
       _print(f"--resume: continuing from checkpoint {ckpt_dir / 'latest' / name}")
@@ -226,6 +237,7 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
       "flags": dict(options.flags),
       **results_lib.replica_results(replicas, tests, seeds),
       "seconds": seconds_before + time.time() - session_start,
+      **({"resumed": meta["resumed"]} if meta.get("resumed") else {}),
       **extra_results,
   }
   if distributed.is_primary():
