@@ -67,7 +67,8 @@ def check_flags(values: Mapping[str, Any]) -> None:
     need(positive_int(values.get(name, 1)), name, "a positive integer")
   if positive_int(values.get("num_seeds", 1)):
     last = 2**31 - values.get("num_seeds", 1)
-    need(isinstance(values["seed"], int) and 0 <= values["seed"] <= last, "seed",
+    seed = values.get("seed", 0)
+    need(isinstance(seed, int) and 0 <= seed <= last, "seed",
          f"in [0, {last}]" + (" (--seed + --num_seeds - 1 is a seed too)"
                               if values.get("num_seeds", 1) > 1 else ""))
   need(0.0 <= values["validation_split"] < 1.0, "validation_split", "in [0, 1)")
