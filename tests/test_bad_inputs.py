@@ -314,7 +314,8 @@ CASES = {
     "forecast_workdir_is_a_file": (_jena("good.csv", "--workdir={in}/a_file"),
                                    r"--workdir: \S*/a_file exists and is not a directory"),
     "forecast_finished_run": (_jena("good.csv", before={"run/naive/results.json": "{}"}),
-                              r"\S*/run/naive already holds a finished run; pass --overwrite"),
+                              r"\S*/run/naive already holds a finished run( \(\S*\))?; pass "
+                              r"--overwrite"),
     "forecast_seed_negative": (_jena("good.csv", "--model=gru", "--seed=-1"),
                                r"--seed must be in \[0, 2147483647\], got -1"),
     "forecast_seed_too_large": (_jena("good.csv", "--model=gru", "--seed=3000000000"),

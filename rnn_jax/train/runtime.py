@@ -27,7 +27,10 @@ def set_up(flag_values: flags.FlagValues) -> None:
   values = {name: flag_values[name].value for name in flag_values}
   check_flags(values)
   devices, num_seeds = values["num_devices"], values["num_seeds"]
-  if devices and values["batch_size"] % (devices // math.gcd(num_seeds, devices)):
+  # Before JAX makes its devices (a CPU gets as many as the batch splits into, so a batch
+  # that does not split over --num_devices would otherwise read as too few devices).
+  if (devices and devices <= MAX_CPU_DEVICES
+      and values["batch_size"] % (devices // math.gcd(num_seeds, devices))):
     data_axis = devices // math.gcd(num_seeds, devices)
     shared = f" left to the data by {num_seeds} seeds" if data_axis != devices else ""
     raise UserError(f"--batch_size={values['batch_size']} is not divisible by the {data_axis} "
