@@ -10,10 +10,9 @@ The sequences are drawn from --data_seed (default: --seed). With --num_seeds=N e
 replica trains on the same sequences, those of --data_seed (default: --seed): replica r
 is the run with --seed=seed+r --data_seed=seed.
 """
-import dataclasses
 import functools
-import json
 import os
+import pathlib
 
 from absl import flags
 
@@ -51,32 +50,33 @@ FLAGS["steps_per_epoch"].help = "Training steps per epoch (default: one pass ove
 
 def main(argv):
   del argv
-  unknown = [m for m in FLAGS.model if m not in MODELS]
-  if unknown or not FLAGS.model:
-    raise errors.UserError(f"--model: unknown {unknown}; choose from {list(MODELS)}")
+  train.check_names(FLAGS.model, list(MODELS), "model")
   for name in ("seq_len", "units", "num_train", "num_test"):
     if FLAGS[name].value < 2:
       raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
+  if FLAGS.data_seed is not None and not 0 <= FLAGS.data_seed < 2**32:
+    raise errors.UserError(f"--data_seed must be in [0, 2**32), got {FLAGS.data_seed}")
   train.set_up(FLAGS)
   workdir = FLAGS.workdir or os.path.join("runs", "adding_problem")
   data_seed = FLAGS.seed if FLAGS.data_seed is None else FLAGS.data_seed
+  train.check_workdir(pathlib.Path(workdir))
   options = {m: train.TrainOptions.from_flags(FLAGS, experiment="adding_problem", model_name=m,
                                               workdir=os.path.join(workdir, m))
              for m in FLAGS.model}  # checks the shared flags before anything else
+  # Every model checked before any trains (finished, interrupted: the same flags?); each
+  # run records --model as its own name, so a resume may list other models.
+  runs = train.plan_runs(options, list_flag="model")
   data = adding.batches(seq_len=FLAGS.seq_len, num_train=FLAGS.num_train,
                         num_test=FLAGS.num_test, validation_split=FLAGS.validation_split,
                         batch_size=FLAGS.batch_size,
                         seed=data_seed)
   results = {}
-  for model_name, model_options in options.items():
-    # --model is the comparison's; each run records its own: resuming with others is fine.
-    model_options = dataclasses.replace(model_options,
-                                        flags={**model_options.flags, "model": model_name})
-    finished = os.path.join(model_options.workdir, "results.json")
-    if FLAGS.resume and os.path.exists(finished):
-      print(f"--- {model_name}: finished earlier, reusing {finished}", flush=True)
-      with open(finished) as f:
-        results[model_name] = json.load(f)
+  for run in runs:
+    model_name = run.name
+    if run.finished:
+      print(f"--- {model_name}: finished earlier with the same flags, reusing "
+            f"{os.path.join(run.options.workdir, 'results.json')}", flush=True)
+      results[model_name] = run.results
       continue
     print(f"--- {model_name}, T={FLAGS.seq_len}", flush=True)
     model = layers.with_implementation(
@@ -84,7 +84,7 @@ def main(argv):
                            reset_after=FLAGS.reset_after, head=FLAGS.head),
         FLAGS.implementation)
     results[model_name] = train.fit(
-        model, data, loss="mse", options=model_options,
+        model, data, loss="mse", options=run.options,
         model_config={"units": FLAGS.units, "seq_len": FLAGS.seq_len,
                       "activation": FLAGS.activation, "reset_after": FLAGS.reset_after,
                       "head": FLAGS.head},

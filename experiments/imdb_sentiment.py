@@ -13,8 +13,8 @@ cross-entropy on logits, the same function as sigmoid + BCE. The test accuracy i
 the epoch with the lowest validation loss. Each model's run goes to <workdir>/<model>/
 (default runs/imdb_sentiment/<model>/); the reviews are read once for all of them.
 """
-import dataclasses
 import os
+import pathlib
 
 from absl import flags
 
@@ -72,9 +72,7 @@ def build_model(name: str, *, max_features: int, embedding_dim: int, units: int,
 
 
 def _check_flags():
-  unknown = [m for m in FLAGS.model if m not in RECURRENT]
-  if unknown or not FLAGS.model:
-    raise errors.UserError(f"--model: unknown {unknown}; choose from {list(RECURRENT)}")
+  train.check_names(FLAGS.model, list(RECURRENT), "model")
 
   def need(ok, name, what):
     if not ok:
@@ -90,17 +88,25 @@ def main(argv):
   del argv
   _check_flags()
   train.set_up(FLAGS)
-  root = FLAGS.workdir or os.path.join("runs", "imdb_sentiment")
+  root = pathlib.Path(FLAGS.workdir or os.path.join("runs", "imdb_sentiment"))
+  train.check_workdir(root)
   options = {m: train.TrainOptions.from_flags(FLAGS, experiment="imdb_sentiment", model_name=m,
-                                              workdir=os.path.join(root, m))
+                                              workdir=str(root / m))
              for m in FLAGS.model}
-  for path in [root] + [o.workdir for o in options.values()]:
-    if os.path.exists(path) and not os.path.isdir(path):
-      raise errors.UserError(f"--workdir: {path} exists and is not a directory")
+  # Every model's workdir checked (finished, interrupted: the same flags?) before the
+  # reviews are read; each run records --model as its own name.
+  runs = train.plan_runs(options, list_flag="model")
+  for run in runs:
+    if run.finished:
+      print(f"--- {run.name}: finished earlier with the same flags, reusing "
+            f"{os.path.join(run.options.workdir, 'results.json')}", flush=True)
+  runs = [run for run in runs if not run.finished]
+  if not runs:
+    return
   # The reviews, read once per direction the models need (reversed_lstm reads them reversed).
   datasets = {reverse: imdb.load(FLAGS.data_path, num_words=FLAGS.max_features,
                                  maxlen=FLAGS.maxlen, reverse=reverse)
-              for reverse in sorted({m in REVERSED for m in FLAGS.model})}
+              for reverse in sorted({run.name in REVERSED for run in runs})}
   data = next(iter(datasets.values()))
   batches = imdb.batches(data, batch_size=FLAGS.batch_size,
                          validation_split=FLAGS.validation_split)
@@ -111,14 +117,8 @@ def main(argv):
                   units=FLAGS.units, dropout=FLAGS.dropout,
                   recurrent_dropout=FLAGS.recurrent_dropout, mask_zero=FLAGS.mask_zero,
                   activation=FLAGS.activation, reset_after=FLAGS.reset_after, head=FLAGS.head)
-  for model_name, model_options in options.items():
-    # --model is the comparison's; each run records its own: resuming with others is fine.
-    model_options = dataclasses.replace(model_options,
-                                        flags={**model_options.flags, "model": model_name})
-    finished = os.path.join(model_options.workdir, "results.json")
-    if FLAGS.resume and os.path.exists(finished) and len(options) > 1:
-      print(f"--- {model_name}: finished earlier, {finished}", flush=True)
-      continue
+  for run in runs:
+    model_name, model_options = run.name, run.options
     print(f"--- {model_name}", flush=True)
     model = layers.with_implementation(build_model(model_name, **settings),
                                        FLAGS.implementation)

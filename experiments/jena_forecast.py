@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from rnn_jax import errors, layers, plots_forecast, train
+from rnn_jax import errors, files, layers, plots_forecast, train
 from rnn_jax.data import jena, timeseries, windows
 
 L = layers
@@ -129,6 +129,8 @@ flags.DEFINE_enum("fill_missing", None, list(timeseries.FILL_MODES), "Fill missi
                   "(default: they are an error).")
 flags.DEFINE_bool("allow_irregular_time", None, "Take rows as evenly spaced even when the "
                   "timestamps repeat or have gaps (default: only for the canonical Jena CSV).")
+flags.DEFINE_string("csv_separator", ",", "The CSV's field separator, e.g. ';' (or 'tab').")
+flags.DEFINE_string("decimal", ".", "The decimal mark of the CSV's numbers: '.' or ','.")
 flags.DEFINE_string("target_unit", None, "The target's unit for MAE reports (default: from "
                     "the column name, e.g. 'T (degC)' -> degC).")
 flags.DEFINE_integer("lookback", jena.LOOKBACK, "Rows of history each window spans.")
@@ -239,13 +241,16 @@ def load_problem() -> Problem:
       time_column=None if FLAGS.time_columns else (FLAGS.time_column or None),
       time_columns=tuple(FLAGS.time_columns) if FLAGS.time_columns else None,
       time_format=FLAGS.time_format, fill_missing=FLAGS.fill_missing,
-      allow_irregular_time=allow_irregular)
+      allow_irregular_time=allow_irregular,
+      separator="\t" if FLAGS.csv_separator in ("tab", "\\t") else FLAGS.csv_separator,
+      decimal=FLAGS.decimal)
   print(f"reading {path}", flush=True)
   series = timeseries.read_csv(path, spec)
   split = timeseries.split_rows(
       len(series), train_end=FLAGS.train_end, val_end=FLAGS.val_end,
       train_fraction=FLAGS.train_fraction, val_fraction=FLAGS.val_fraction, default=jena.SPLIT)
-  norm = timeseries.Normalization.fit(series.values[:split.train_end])
+  norm = timeseries.Normalization.fit(series.values[:split.train_end], series.columns)
+  norm.check(series.values, series.columns)
   is_jena = canonical or pathlib.Path(path).name.startswith(jena.CSV_NAME)
   stem = re.sub(r"\W+", "_", pathlib.Path(path).name.split(".")[0])
   return Problem(experiment="jena_forecast" if is_jena else f"forecast_{stem}",
@@ -264,6 +269,7 @@ def evaluate_naive(problem: Problem, batches, options: train.TrainOptions) -> di
   if (workdir / "results.json").exists() and not options.overwrite:
     raise errors.UserError(f"{workdir} already holds a finished run; pass --overwrite to "
                            "replace it or choose another --workdir")
+  files.make_dirs(workdir)
   start = time.time()
   apply_fn = naive_apply(problem.series.target_index)
   measure = lambda part: train.evaluate(
@@ -314,7 +320,7 @@ def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
   """The lecture's plots of the target: the whole series and its first 10 days."""
   values = problem.series.values[:, problem.series.target_index]
   label = problem.label
-  workdir.mkdir(parents=True, exist_ok=True)
+  files.make_dirs(workdir)
   plots_forecast.series(values, problem.series.times, workdir / "target.png", label=label)
   plots_forecast.series(values, problem.series.times, workdir / "target_first_10_days.png",
                         label=label, first=problem.rows_in_days(10),
@@ -387,9 +393,7 @@ def run_model(problem: Problem, plan: Plan) -> dict:
 
 def main(argv):
   del argv
-  unknown = [m for m in FLAGS.model if m not in MODELS]
-  if unknown or not FLAGS.model:
-    raise errors.UserError(f"--model: unknown {unknown}; choose from {list(MODELS)}")
+  train.check_names(FLAGS.model, list(MODELS), "model")
   for name in ("units",):
     if FLAGS[name].value < 1:
       raise errors.UserError(f"--{name} must be at least 1, got {FLAGS[name].value}")
@@ -401,15 +405,21 @@ def main(argv):
     raise errors.UserError(f"--step={FLAGS.step} does not divide --lookback={FLAGS.lookback}")
   problem = load_problem()
   root = pathlib.Path(FLAGS.workdir or os.path.join("runs", problem.experiment))
-  # Every model's windows and flags are checked before the workdir is touched.
+  train.check_workdir(root)
+  # Every model's windows and flags, and its workdir (finished, interrupted, same flags?),
+  # are checked before the workdir is touched; a resume takes the models as a whole.
   plans = [plan_model(problem, model_name, root) for model_name in FLAGS.model]
+  runs = train.plan_runs({plan.model_name: plan.options for plan in plans}, list_flag="model")
+  plans = [dataclasses.replace(plan, options=run.options) for plan, run in zip(plans, runs)]
   train.set_up(FLAGS)  # before JAX's first computation
-  for path in [root] + [pathlib.Path(plan.options.workdir) for plan in plans]:
-    if path.exists() and not path.is_dir():
-      raise errors.UserError(f"--workdir: {path} exists and is not a directory")
   summary = []
-  for plan in plans:
-    results = run_model(problem, plan)
+  for plan, run in zip(plans, runs):
+    if run.finished:
+      print(f"--- {plan.model_name}: finished earlier with the same flags, reusing "
+            f"{os.path.join(plan.options.workdir, 'results.json')}", flush=True)
+      results = run.results
+    else:
+      results = run_model(problem, plan)
     summary.append((plan.model_name, results["val"]))
   plot_series(problem, root)
   print(f"\n| model | val MAE | val MAE ({problem.unit}) |\n|---|---|---|")

@@ -23,7 +23,7 @@ from typing import Optional
 from absl import flags
 
 from rnn_jax import errors, plots_forecast, train
-from rnn_jax.checkpoints import write_atomic
+from rnn_jax.files import write_atomic
 
 # --workdir is the experiments' shared flag (train.define_flags); here: where to search.
 FLAGS = train.define_flags()
@@ -42,14 +42,52 @@ def load_results(root: pathlib.Path) -> list[dict]:
   found = []
   for path in sorted(root.rglob("results.json")):
     try:
-      results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+      results = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+      raise errors.UserError(f"{path}: not a results file: not UTF-8 text") from None
+    except (OSError, ValueError) as e:
       raise errors.UserError(f"{path}: not a results file: {e}") from None
     if not isinstance(results, dict) or "model" not in results:
       raise errors.UserError(f"{path}: not a results file: no 'model' key")
+    _check_numbers(path, results)
     found.append({**results, "path": str(path),
                   "run": str(path.parent.relative_to(root))})
   return sorted(found, key=lambda r: (str(r.get("experiment", "")), r["model"] != BASELINE))
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_numbers(path: pathlib.Path, results: dict) -> None:
+  """The entries the table reads hold numbers (or nothing): else a one-line UserError."""
+  def need(ok, key, value):
+    if not ok:
+      raise errors.UserError(f"{path}: not a results file: {key} is {value!r}, not a number")
+  for part in ("val", "test"):
+    metrics = results.get(part)
+    need(metrics is None or isinstance(metrics, dict), part, metrics)
+    for key, value in (metrics or {}).items():
+      need(value is None or _is_number(value), f"{part}.{key}", value)
+  for part in ("val", "test"):
+    metrics = (results.get("std") or {}).get(part) if isinstance(results.get("std"), dict) else None
+    for key, value in (metrics or {}).items():
+      need(value is None or _is_number(value), f"std.{part}.{key}", value)
+  need(results.get("seconds") is None or _is_number(results["seconds"]), "seconds",
+       results.get("seconds"))
+  config = results.get("config")
+  if config is not None and not isinstance(config, dict):
+    raise errors.UserError(f"{path}: not a results file: config is {config!r}, not a mapping")
+  if config and not isinstance(config.get("loss", ""), (str, type(None))):
+    raise errors.UserError(f"{path}: not a results file: config.loss is {config['loss']!r}, "
+                           "not a name")
+  best = results.get("best_epoch")
+  for value in (best if isinstance(best, list) else [best]):
+    need(value is None or isinstance(value, int) and not isinstance(value, bool), "best_epoch",
+         best)
+  if not isinstance(results["model"], str):
+    raise errors.UserError(f"{path}: not a results file: model is {results['model']!r}, "
+                           "not a name")
 
 
 def loss_of(run: dict) -> str:

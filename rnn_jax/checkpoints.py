@@ -6,7 +6,14 @@ It counts only once its marker `<name>.sha256` exists, written atomically afterw
 holding the SHA-256 of every file in it. So a run killed at any moment leaves either a
 committed checkpoint or debris that is ignored and cleaned up, and a checkpoint whose
 files were later truncated or altered is detected by its checksum (or by orbax failing
-to read it) and skipped in favour of the previous good one.
+to read it) and skipped in favour of the previous good one. A checkpoint whose bytes are
+intact but whose structure differs from what the caller expects (another model, other
+flags) is not corrupt: `restore` raises `Mismatch` and leaves every file as it is.
+`read_meta` reads the JSON part alone, without any array, to compare configurations first.
+
+A write that fails (no space, read-only, name too long; orbax reports some of these as
+`ValueError: RESOURCE_EXHAUSTED`) is one `UserError` line; the half-written checkpoint is
+removed and the previous one stays.
 
 With several processes (rnn_jax.distributed) every process calls `save` and `restore`:
 orbax writes each process's shards and coordinates the commit; process 0 alone removes
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -26,7 +34,8 @@ from typing import Any, Callable, Optional
 
 import orbax.checkpoint as ocp
 
-from rnn_jax import distributed
+from rnn_jax import distributed, files
+from rnn_jax.errors import UserError
 
 MARKER = ".sha256"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -40,15 +49,13 @@ def _checksum(path: Path) -> str:
   return digest.hexdigest()
 
 
+class Mismatch(UserError):
+  """An intact checkpoint whose structure is not the one asked for."""
+
+
 def write_atomic(path: os.PathLike, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and `os.replace`."""
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes `text` to `path` through a temporary file and `os.replace` (`files`)."""
+  files.write_atomic(path, text)
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -93,19 +100,30 @@ def save(directory: os.PathLike, name: str, state: Any, meta: dict, *,
   """
   directory = Path(directory)
   path = directory / name
+  debris = lambda: [path, *directory.glob(name + _TMP_MARKER + "*")]
   if distributed.is_primary():
-    directory.mkdir(parents=True, exist_ok=True)
+    files.make_dirs(directory)
     _remove(directory / (name + MARKER))
     _remove(path)  # debris of an interrupted save of the same name
   distributed.barrier(f"checkpoint-save-{path}")
-  with _quiet():
-    _checkpointer().save(path.absolute(), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  with files.writing(path), _quiet():
+    try:
+      _checkpointer().save(path.absolute(), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    except Exception:
+      if distributed.is_primary():
+        for leftover in debris():
+          _remove(leftover)
+      raise
   if not distributed.is_primary():
     return path
   if before_commit is not None:
     before_commit()
-  write_atomic(directory / (name + MARKER), _checksum(path) + "\n")
+  try:
+    write_atomic(directory / (name + MARKER), _checksum(path) + "\n")
+  except UserError:
+    _remove(path)
+    raise
   keep_names = set(committed(directory)[-keep:])
   for entry in directory.iterdir():
     base = entry.name[:-len(MARKER)] if entry.name.endswith(MARKER) else entry.name
@@ -114,27 +132,64 @@ def save(directory: os.PathLike, name: str, state: Any, meta: dict, *,
   return path
 
 
-def restore(directory: os.PathLike, target: Any,
-            report: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)):
+def _report(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
+def _reason(e: BaseException) -> str:
+  return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def _intact(directory: Path, name: str) -> None:
+  """Raises OSError or ValueError unless the checkpoint's files match its marker."""
+  expected = (directory / (name + MARKER)).read_text().strip()
+  if _checksum(directory / name) != expected:
+    raise ValueError("checksum mismatch")
+
+
+def read_meta(directory: os.PathLike, report: Callable[[str], None] = _report):
+  """The newest intact checkpoint's `(name, meta)` (its JSON part; no array is read), or
+  None. Corrupt ones are reported in one line each and skipped, as `restore` does."""
+  directory = Path(directory)
+  for name in reversed(committed(directory)):
+    try:
+      _intact(directory, name)
+      return name, json.loads((directory / name / "meta" / "metadata").read_text())
+    except (OSError, ValueError) as e:
+      report(f"warning: checkpoint {directory / name} is corrupt ({_reason(e)}); "
+             "trying the previous one")
+  return None
+
+
+def restore(directory: os.PathLike, target: Any, report: Callable[[str], None] = _report):
   """The newest good checkpoint in `directory` as `(name, state, meta)`, or None.
 
   `target` is a pytree like the saved state (arrays or jax.ShapeDtypeStruct with
-  shardings) that tells orbax the structure and placement. A corrupt checkpoint is
-  reported in one line through `report` and the previous one is tried.
+  shardings) that tells orbax the structure and placement. A corrupt checkpoint (failed
+  checksum, unreadable or missing files) is reported in one line through `report` and the
+  previous one is tried. An intact checkpoint that orbax cannot fit to `target` (another
+  tree structure, shape or dtype) raises `Mismatch`: it is not corrupt, and nothing is
+  removed.
   """
   directory = Path(directory)
   for name in reversed(committed(directory)):
     path = directory / name
     try:
-      expected = (directory / (name + MARKER)).read_text().strip()
-      if _checksum(path) != expected:
-        raise ValueError("checksum mismatch")
+      _intact(directory, name)
+    except (OSError, ValueError) as e:
+      report(f"warning: checkpoint {path} is corrupt ({_reason(e)}); trying the previous one")
+      continue
+    try:
       with _quiet():
         restored = _checkpointer().restore(path.absolute(), args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-      return name, restored["state"], restored["meta"]
+    except OSError as e:
+      report(f"warning: checkpoint {path} is unreadable ({_reason(e)}); trying the previous one")
+      continue
     except Exception as e:  # pylint: disable=broad-except
-      reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-      report(f"warning: checkpoint {path} is corrupt ({reason}); trying the previous one")
+      raise Mismatch(f"checkpoint {path} is intact but does not fit this model "
+                     f"({_reason(e)}); it is kept: resume with the flags it was written "
+                     "with, or pass --overwrite to start over") from None
+    return name, restored["state"], restored["meta"]
   return None
 

@@ -2,7 +2,9 @@
 
 Raise `UserError("path/to/file.csv line 12, column 'T (degC)': not a number: 'abc'")`
 anywhere; `run(main)` (the experiments' entry point, in place of `absl.app.run`) prints
-`error: <message>` on stderr and exits with status 2.
+`error: <message>` on stderr and exits with status 2. Ctrl-C (SIGINT) before training, or
+a second one during it, prints one `error: interrupted` line and exits with status 130
+(during training the first one saves a checkpoint and stops: `rnn_jax.train`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ def _guarded(main: Callable) -> Callable:
     except UserError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(2)
+    except KeyboardInterrupt:
+      print("error: interrupted (Ctrl-C)", file=sys.stderr,
+            flush=True)
+      sys.exit(130)
   return wrapper
 
 

@@ -136,7 +136,22 @@ class RNN:
   method: str = "deer"  # implementation="parallel"'s Newton method
   takes_embedded: ClassVar[bool] = True  # see `Sequential`
 
+  def __post_init__(self):
+    if isinstance(self.units, bool) or not hasattr(self.units, "__index__") or self.units < 1:
+      raise ValueError(f"{self._name}: units must be a positive integer, got {self.units!r}")
+    for name in ("dropout", "recurrent_dropout"):
+      rate = getattr(self, name)
+      if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{self._name}: {name} must be in [0, 1), got {rate!r}")
+
+  @property
+  def _name(self) -> str:
+    return f"{getattr(self.cell, 'name', type(self.cell).__name__).upper()}({self.units})"
+
   def init(self, key, input_shape: Shape):
+    if len(input_shape) != 2:
+      raise ValueError(f"{self._name}: expects inputs [batch, time, features], got a sample "
+                       f"of shape {tuple(input_shape)} (without the batch axis)")
     time, features = input_shape[-2], input_shape[-1]
     params = self.cell.init(key, features, self.units)
     # The output's width is the cell's to say (usually `units`): read off one step's shape.
@@ -150,9 +165,45 @@ class RNN:
                              initial_carry=initial_carry), unroll=self.unroll)
     return self.outputs(y, carry, mask)
 
+  def check_inputs(self, params, x, mask=None):
+    """x as the unroll takes it: a ValueError in the user's terms for a wrong rank, a mask
+    of the wrong shape, or params of another cell or size; integer and low-precision
+    inputs are cast to the params' float type (Keras casts ints to its float32)."""
+    if isinstance(x, recurrent.Embedded):
+      batch_time, features = tuple(x.ids.shape), x.table.shape[-1]
+    else:
+      x = jnp.asarray(x)
+      if x.ndim != 3:
+        raise ValueError(f"{self._name}: expects inputs [batch, time, features], got shape "
+                         f"{tuple(x.shape)}")
+      batch_time, features = tuple(x.shape[:2]), x.shape[2]
+    if mask is not None and tuple(jnp.shape(mask)) != batch_time:
+      raise ValueError(f"{self._name}: the mask must be [batch, time] = {batch_time}, like the "
+                       f"inputs, got shape {tuple(jnp.shape(mask))}")
+    expected = jax.eval_shape(lambda: self.cell.init(jax.random.key(0), features, self.units))
+    got = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params)
+    if jax.tree.structure(expected) != jax.tree.structure(got):
+      raise ValueError(f"{self._name}: params of another layer: expected entries "
+                       f"{_param_shapes(expected)}, got {_param_shapes(got)}")
+    for path, want, have in zip(jax.tree_util.tree_leaves_with_path(expected),
+                                jax.tree.leaves(expected), jax.tree.leaves(got)):
+      if want.shape != have.shape:
+        raise ValueError(f"{self._name} on {features} input features: params "
+                         f"{jax.tree_util.keystr(path[0])} has shape {have.shape}, expected "
+                         f"{want.shape} (params of another cell or size?)")
+    if not isinstance(x, recurrent.Embedded):
+      dtype = jnp.result_type(*jax.tree.leaves(params)) if jax.tree.leaves(params) else (
+          jnp.float32)
+      if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+      if x.dtype != dtype:
+        x = x.astype(dtype)
+    return x
+
   def unroll_kwargs(self, params, x, mask=None, *, training=False, key=None,
                     initial_carry=None) -> dict:
     """The arguments of `recurrent.unroll` (but `unroll`) for this layer on x."""
+    x = self.check_inputs(params, x, mask)
     return dict(cell=self.cell, params=params, inputs=x, units=self.units,
                 initial_carry=initial_carry, implementation=self.implementation,
                 method=self.method,
@@ -198,6 +249,11 @@ def MinGRU(units: int, **kwargs) -> RNN:
 def MinLSTM(units: int, **kwargs) -> RNN:
   """minLSTM (Feng et al. 2024): the whole sequence in one matmul and one linear scan."""
   return RNN(cells.min_lstm(), units, **kwargs)
+
+
+def _param_shapes(tree) -> str:
+  return ", ".join(f"{jax.tree_util.keystr(path)} {leaf.shape}"
+                   for path, leaf in jax.tree_util.tree_leaves_with_path(tree))
 
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)

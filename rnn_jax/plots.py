@@ -14,15 +14,18 @@ from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 # How each loss is named on an axis.
 LOSS_NAMES = {"mae": "MAE", "mse": "MSE", "bce_logits": "binary cross-entropy"}
 
+from rnn_jax import files  # pylint: disable=g-import-not-at-top
+
 
 def _save_atomic(fig, path: os.PathLike) -> None:
-  """Saves `path` (a .png) and the same figure as .svg beside it, each through a rename."""
+  """Saves `path` (a .png) and the same figure as .svg beside it, each through a
+  temporary file and a rename; a write error is one `UserError` line (rnn_jax.files)."""
   path = Path(path)
-  for target in (path, path.with_suffix(".svg")):
-    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, target)
-  plt.close(fig)
+  try:
+    for target in (path, path.with_suffix(".svg")):
+      files.save_figure(fig, target, close=False, dpi=100, bbox_inches="tight")
+  finally:
+    plt.close(fig)
 
 
 def _save_png_and_svg(fig, stem: os.PathLike) -> None:

@@ -104,6 +104,15 @@ def _write_inputs(d: Path) -> None:
 
   t_cell = lambda i, cell: ",".join(rows[i].split(",")[:3] + [cell] + rows[i].split(",")[4:])
   csv("good.csv", [header, *rows])
+  csv("trailing_comma.csv", [line + "," for line in [header, *rows]])  # a spreadsheet's export
+  csv("semicolon_decimal.csv", [line.replace(",", ";").replace(".", ",")
+                                for line in [header, *rows]])
+  csv("huge.csv", [header, *[",".join([r.split(",")[0], f"{(-1) ** i * 1e300:g}",
+                                       *r.split(",")[2:]]) for i, r in enumerate(rows)]])
+  (d / "not_utf8").mkdir()
+  (d / "not_utf8" / "results.json").write_bytes(b'{"model": "caf\xe9"}')
+  (d / "string_number").mkdir()
+  (d / "string_number" / "results.json").write_text('{"model": "gru", "val": {"mae": "0.3"}}')
   csv("bom.csv", [header, *rows], encoding="utf-8-sig")
   (d / "empty.csv").write_bytes(b"")
   csv("header.csv", [header])
@@ -185,6 +194,14 @@ def _jena(data, *flags, split=True, **setup):
   data_flag = [f"--data_path={{in}}/{data}"] if data else []
   return dict(module="experiments.jena_forecast",
               argv=[*data_flag, *JENA_SIZES, *(SPLIT if split else []), *flags], **setup)
+
+
+ADDING_SIZES = ["--seq_len=4", "--units=2", "--num_train=40", "--num_test=8", "--batch_size=8",
+                "--epochs=1"]
+
+
+def _adding(*flags, **setup):
+  return dict(module="experiments.adding_problem", argv=[*ADDING_SIZES, *flags], **setup)
 
 
 def _imdb(data, *flags, **setup):
@@ -297,7 +314,33 @@ CASES = {
     "forecast_workdir_is_a_file": (_jena("good.csv", "--workdir={in}/a_file"),
                                    r"--workdir: \S*/a_file exists and is not a directory"),
     "forecast_finished_run": (_jena("good.csv", before={"run/naive/results.json": "{}"}),
-                              r"\S*/run/naive already holds a finished run; pass --overwrite"),
+                              r"\S*/run/naive already holds a finished run( \(\S*\))?; pass "
+                              r"--overwrite"),
+    "forecast_seed_negative": (_jena("good.csv", "--model=gru", "--seed=-1"),
+                               r"--seed must be in \[0, 2147483647\], got -1"),
+    "forecast_seed_too_large": (_jena("good.csv", "--model=gru", "--seed=3000000000"),
+                                r"--seed must be in \[0, 2147483647\], got 3000000000"),
+    "forecast_model_twice": (_jena("good.csv", "--model=naive,naive"),
+                             r"--model=naive,naive: 'naive' is listed twice"),
+    "forecast_workdir_name_too_long": (_jena("good.csv", "--workdir={in}/" + "x" * 300),
+                                       r"--workdir: \S*/x+: file name too long"),
+    "csv_semicolons_decimal_commas": (
+        _jena("semicolon_decimal.csv"),
+        r"semicolon_decimal\.csv line 2: \d+ fields, the header \(line 1\) has 1 \(the file looks "
+        r"';'-separated: pass --csv_separator=';', and --decimal=','"),
+    "csv_huge_column": (_jena("huge.csv"), r"column 'a': values up to 1e\+300 are too large to "
+                                           r"normalize.*--exclude"),
+    # --- the adding problem
+    "adding_no_models": (_adding("--model="), r"--model: give at least one model"),
+    "adding_model_twice": (_adding("--model=gru,gru"), r"--model=gru,gru: 'gru' is listed twice"),
+    "adding_seed_negative": (_adding("--model=gru", "--seed=-1"),
+                             r"--seed must be in \[0, 2147483647\], got -1"),
+    # --- summarize
+    "summarize_not_utf8": (dict(module="experiments.summarize", argv=["--workdir={in}/not_utf8"]),
+                           r"not_utf8/results\.json: not a results file: not UTF-8 text"),
+    "summarize_string_number": (
+        dict(module="experiments.summarize", argv=["--workdir={in}/string_number"]),
+        r"string_number/results\.json: not a results file: val\.mae is '0\.3', not a number"),
     # --- the Jena download
     "jena_download_fails": (
         _jena(None),
@@ -358,6 +401,11 @@ CASES = {
                                                        "run/lstm/.lock": ""}),
                           r"\S*/run/lstm already holds a finished run "
                           r"\(\S*/run/lstm/results\.json\); pass --overwrite"),
+    "imdb_seed_too_large": (_imdb("good.tar.gz", "--seed=3000000000"),
+                            r"--seed must be in \[0, 2147483647\], got 3000000000"),
+    "imdb_batch_does_not_split": (_imdb("good.tar.gz", "--num_devices=2", "--batch_size=3"),
+                                  r"--batch_size=3 is not divisible by the 2 devices of "
+                                  r"--num_devices=2"),
     # --- IMDB: the download
     "imdb_cache_is_a_file": (_imdb(None, env={"RNN_JAX_DATA_CACHE": "{in}/a_file"}),
                              r"cannot create the data cache \S*/a_file"),
@@ -376,7 +424,11 @@ CASES = {
 }
 
 
-ALL_CASES = {**CASES, "good_bom_delay_0": (_jena("bom.csv", "--delay=0"), None)}
+GOOD = {"good_bom_delay_0": _jena("bom.csv", "--delay=0"),
+        "good_trailing_comma": _jena("trailing_comma.csv", "--fill_missing=interpolate"),
+        "good_semicolon_decimal_commas": _jena("semicolon_decimal.csv", "--csv_separator=;",
+                                               "--decimal=,")}
+ALL_CASES = {**CASES, **{name: (case, None) for name, case in GOOD.items()}}
 
 
 def _snapshot(directory: Path) -> dict:
@@ -480,13 +532,24 @@ def test_bad_input_is_one_line_and_leaves_nothing(outcomes, name):
   _check_nothing_half_written(before, after)
 
 
-def test_good_input_passes_the_same_driver(outcomes):
-  """The harness can succeed: a CSV with a BOM, forecasting the very next row (--delay=0)."""
-  result, _, _, case_dir = outcomes["good_bom_delay_0"]
+@pytest.mark.parametrize("name", list(GOOD))
+def test_good_input_passes_the_same_driver(outcomes, name):
+  """The harness can succeed: a CSV with a BOM, forecasting the very next row (--delay=0);
+  a spreadsheet's trailing comma (the empty column dropped, with a note); ';' separators
+  with decimal commas, read with --csv_separator and --decimal. All give the same numbers."""
+  result, _, _, case_dir = outcomes[name]
   assert result["rc"] == 0, result["stderr"][-2000:]
+  assert "Traceback" not in result["stderr"]
   results = json.loads((case_dir / "run" / "naive" / "results.json").read_text())
-  assert results["delay"] == 0 and results["features"] == ["a", "b", "T"]
+  assert results["features"] == ["a", "b", "T"]
   assert np.isfinite(results["val"]["mae"])
+  if name == "good_trailing_comma":
+    assert "dropped the unnamed empty column" in result["stderr"]
+  if name != "good_bom_delay_0":
+    reference = json.loads((outcomes["good_bom_delay_0"][3] / "run" / "naive" /
+                            "results.json").read_text())
+    assert results["delay"] == 3 and reference["delay"] == 0
+    assert results["target_std"] == pytest.approx(reference["target_std"])
 
 
 @pytest.mark.parametrize("module, flags, pattern", [

@@ -1,4 +1,5 @@
 """Reliability: killed, interrupted or corrupted runs resume to the same results."""
+import json
 import random
 import signal
 import subprocess
@@ -100,3 +101,74 @@ def test_sigkill_at_random_times(tmp_path, uninterrupted, seed):
   else:
     pytest.fail("never finished")
   assert runs.comparable(runs.results(workdir)) == uninterrupted[1]
+
+
+# --------------------------------------------------------------- resumes of issue #13
+
+def _tree_hash(directory):
+  import hashlib
+  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_resume_with_changed_flags_is_refused_and_the_run_kept(tmp_path):
+  """A changed --units (structure) and --optimizer: one line naming both, exit 2, every file
+  of the interrupted run byte-identical; with the old flags it then resumes."""
+  workdir = tmp_path / "run"
+  killed = runs.run(workdir, kill_at="step:2:3")
+  assert killed.returncode == -signal.SIGKILL
+  before = _tree_hash(workdir)
+  refused = runs.run(workdir, "--resume", "--units=8", "--optimizer=rmsprop")
+  assert refused.returncode == 2, refused.stderr
+  lines = [l for l in refused.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: --resume: "), refused.stderr
+  assert "--units=4 (now --units=8)" in lines[0] and "--optimizer=adam (now" in lines[0]
+  assert "--overwrite" in lines[0] and "corrupt" not in refused.stderr
+  assert _tree_hash(workdir) == before
+  fewer = runs.run(workdir, "--resume", "--epochs=0")  # a bad flag, still nothing touched
+  assert fewer.returncode == 2 and _tree_hash(workdir) == before
+
+
+def _forecast_csv(path):
+  import numpy as np
+  times = np.datetime64("2020-01-01T00:00") + np.arange(200).astype("timedelta64[h]")
+  path.write_text("time,a,T\n" + "".join(f"{t},{i % 7},{np.sin(i / 5):.3f}\n"
+                                         for i, t in enumerate(times)))
+  return path
+
+
+def _forecast(csv, workdir, *flags, kill_at=None, signal_name="KILL"):
+  import sys
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.jena_forecast", f"--data_path={csv}", "--target=T",
+       "--time_column=time", "--lookback=12", "--step=2", "--delay=3", "--batch_size=8",
+       "--epochs=2", "--steps_per_epoch=3", "--train_end=100", "--val_end=150", "--units=4",
+       f"--workdir={workdir}", *flags],
+      cwd=runs.REPO, capture_output=True, text=True, timeout=300,
+      env=runs.environment(kill_at, signal_name))
+
+
+def test_default_forecast_models_resume_after_ctrl_c_in_the_second(tmp_path):
+  """--model=naive,gru (the default), Ctrl-C during gru: --resume keeps naive (finished, same
+  flags), continues gru; dropping naive from --model on resume is fine as well."""
+  csv = _forecast_csv(tmp_path / "series.csv")
+  workdir = tmp_path / "run"
+  interrupted = _forecast(csv, workdir, kill_at="step:2:1", signal_name="INT")
+  assert interrupted.returncode == 2, interrupted.stderr
+  assert "run again with --resume" in interrupted.stderr.strip().splitlines()[-1]
+  naive = (workdir / "naive" / "results.json").read_bytes()
+  only_gru = _forecast(csv, workdir, "--model=gru", "--resume", kill_at="epoch:2")
+  assert only_gru.returncode == -signal.SIGKILL, only_gru.stderr  # killed after epoch 2
+  resumed = _forecast(csv, workdir, "--model=naive,gru", "--resume")
+  assert resumed.returncode == 0, resumed.stderr
+  assert "naive: finished earlier with the same flags" in resumed.stdout
+  assert (workdir / "naive" / "results.json").read_bytes() == naive
+  gru = json.loads((workdir / "gru" / "results.json").read_text())
+  assert [row["epoch"] for row in gru["history"]] == [1, 2]
+  assert gru["flags"]["epochs"] == 2 and gru["flags"]["model"] == "gru"
+  assert [r["epoch"] for r in gru["resumed"]] == [1, 2]
+  finished = _tree_hash(workdir)
+  again = _forecast(csv, workdir, "--resume")  # everything finished: reused, untouched
+  assert again.returncode == 0, again.stderr
+  assert {k: v for k, v in _tree_hash(workdir).items() if k.endswith(("json", "sha256"))} == {
+      k: v for k, v in finished.items() if k.endswith(("json", "sha256"))}

@@ -49,6 +49,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from rnn_jax import files
 from rnn_jax.data import download
 from rnn_jax.data.batches import ArrayBatches
 from rnn_jax.errors import UserError
@@ -304,6 +305,7 @@ def _save_ranked(path: pathlib.Path, ranked: Ranked) -> None:
     arrays[f"{name}_labels"] = np.asarray(y, np.int8)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
   try:
+    os.fchmod(fd, files.umask_mode())  # mkstemp's 0600 would keep a shared cache private
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **arrays)
     os.replace(tmp, path)

@@ -17,7 +17,12 @@ an editor numbers it: the header is line 1) and the column. Policies:
     `allow_irregular_time`, which takes the rows as evenly spaced as the lecture does on
     the Jena file (that file has both gaps and repeats);
   * a column counts as numeric when most of its filled cells are numbers; text columns
-    (a wind direction "NNW", a station name) are left out of the default features.
+    (a wind direction "NNW", a station name) are left out of the default features;
+  * a trailing unnamed, empty column (a spreadsheet's comma at the end of every line) is
+    dropped with a note; `separator` and `decimal` read e.g. `;`-separated files with
+    decimal commas, and a file that looks that way without them is refused with the hint;
+  * a column whose values overflow the normalization (e.g. 1e300: its std is not finite,
+    or its normalized values exceed float32) is an error naming it.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from absl import logging
 
 from rnn_jax.errors import UserError
 
@@ -54,6 +60,8 @@ class CsvSpec:
   time_format: Optional[str] = None          # strptime format; None tries Jena's, then ISO 8601
   fill_missing: Optional[str] = None         # None (missing cells are an error) | FILL_MODES
   allow_irregular_time: bool = False
+  separator: str = ","                       # the field separator (one character)
+  decimal: str = "."                         # the decimal mark of numbers ("." or ",")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,14 +97,35 @@ class Normalization:
   std: np.ndarray   # <float64>[features]
 
   @classmethod
-  def fit(cls, values: np.ndarray) -> "Normalization":
-    mean = values.mean(axis=0)
-    std = values.std(axis=0)
+  def fit(cls, values: np.ndarray, names: Optional[Sequence[str]] = None) -> "Normalization":
+    """From the training rows; a column whose mean or std overflows float64 is a
+    UserError naming it (`names`, else its index)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+      mean = values.mean(axis=0)
+      std = values.std(axis=0)
+    overflow = np.nonzero(~np.isfinite(mean) | ~np.isfinite(std))[0]
+    if len(overflow):
+      _refuse_scale(values, overflow[0], names, "its mean or standard deviation overflows")
     tiny = 1e-12 * np.maximum(1.0, np.abs(mean))
-    return cls(mean, np.where(np.isfinite(std) & (std > tiny), std, 1.0))
+    return cls(mean, np.where(std > tiny, std, 1.0))
+
+  def check(self, values: np.ndarray, names: Optional[Sequence[str]] = None) -> None:
+    """A UserError naming the first column whose normalized values overflow float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+      normalized = (values - self.mean) / self.std
+      bad = np.nonzero(~(np.abs(normalized) <= np.finfo(np.float32).max).all(axis=0))[0]
+    if len(bad):
+      _refuse_scale(values, bad[0], names, "its normalized values overflow float32")
 
   def __call__(self, values: np.ndarray) -> np.ndarray:
     return ((values - self.mean) / self.std).astype(np.float32)
+
+
+def _refuse_scale(values, column: int, names, why: str):
+  name = repr(names[column]) if names is not None else str(column)
+  raise UserError(f"column {name}: values up to {np.nanmax(np.abs(values[:, column])):.3g} are "
+                  f"too large to normalize ({why}); rescale the column or leave it out "
+                  "(--exclude, --features)")
 
 
 # ---------------------------------------------------------------------------- reading
@@ -125,14 +154,14 @@ def open_text(path) -> Iterator[io.TextIOBase]:
       yield io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
-def _record_lines(path) -> tuple[list[str], np.ndarray]:
+def _record_lines(path, separator: str = ",") -> tuple[list[str], np.ndarray]:
   """(header, file line of every data record); ragged records are an error.
 
   Blank lines are skipped, as pandas skips them, so records and pandas rows align.
   """
   header, lines = None, []
   with open_text(path) as f:
-    reader = csv.reader(f)
+    reader = csv.reader(f, delimiter=separator)
     try:
       end = 0  # the line the previous record ended on
       for record in reader:
@@ -144,8 +173,12 @@ def _record_lines(path) -> tuple[list[str], np.ndarray]:
         elif len(record) != len(header):
           where = (f"line {end}" if start == end else
                    f"lines {start}-{end} (an unclosed quote on line {start}?)")
+          looks = next((s for s in ";\t|" if s != separator and len(header) == 1
+                        and s in header[0]), None)
+          hint = (f" (the file looks {looks!r}-separated: pass --csv_separator={looks!r}, and "
+                  "--decimal=',' if its numbers have decimal commas)" if looks else "")
           raise UserError(f"{path} {where}: {len(record)} fields, the header (line 1) has "
-                          f"{len(header)}")
+                          f"{len(header)}{hint}")
         else:
           lines.append(reader.line_num)
     except csv.Error as e:
@@ -177,11 +210,11 @@ def _first_undecodable_line(path) -> int:
   return 0
 
 
-def _read_strings(path, header: list[str]) -> pd.DataFrame:
+def _read_strings(path, header: list[str], separator: str = ",") -> pd.DataFrame:
   """Every cell as a string, as written (pandas' C parser; no type guessing)."""
   with open_text(path) as f:
     frame = pd.read_csv(f, dtype=str, keep_default_na=False, na_filter=False,
-                        index_col=False, skip_blank_lines=True)
+                        index_col=False, skip_blank_lines=True, sep=separator)
   frame.columns = header
   return frame
 
@@ -198,7 +231,9 @@ class _Column:
     return 2 * int(self.bad.sum()) <= int((~self.missing).sum())
 
 
-def _parse_column(strings: pd.Series) -> _Column:
+def _parse_column(strings: pd.Series, decimal: str = ".") -> _Column:
+  if decimal != ".":
+    strings = strings.str.replace(decimal, ".", regex=False)
   numbers = pd.to_numeric(strings, errors="coerce").to_numpy(np.float64)  # strips blanks
   not_number = ~np.isfinite(numbers)  # only these cells need a closer look ('inf' is bad)
   missing = np.zeros_like(not_number)
@@ -318,19 +353,29 @@ def _check_spacing(path, times: np.ndarray, lines, allow_irregular: bool) -> Opt
 def read_csv(path, spec: CsvSpec) -> Series:
   """The series `spec` describes, read from the CSV (or zipped CSV) at `path`."""
   path = str(path)
-  header, lines = _record_lines(path)
-  strings = _read_strings(path, header)
+  if len(spec.separator) != 1 or spec.separator in "\"\r\n":
+    raise UserError(f"--csv_separator={spec.separator!r} must be one character (not a quote)")
+  if spec.decimal not in (".", ",") or spec.decimal == spec.separator:
+    raise UserError(f"--decimal={spec.decimal!r} must be '.' or ',', and not the separator "
+                    f"(--csv_separator={spec.separator!r})")
+  header, lines = _record_lines(path, spec.separator)
+  strings = _read_strings(path, header, spec.separator)
   if len(strings) != len(lines):  # quoting pandas and csv read differently
     raise UserError(f"{path}: cannot parse the file consistently (unbalanced quotes?)")
   if not len(lines):
     raise UserError(f"{path}: no data rows after the header")
+  if len(header) > 1 and header[-1] == "" and not strings.iloc[:, -1].str.strip().any():
+    logging.warning("%s: dropped the unnamed empty column at the end of every line (a "
+                    "trailing %r)", path, spec.separator)
+    header, strings = header[:-1], strings.iloc[:, :-1]
 
   separator = next((s for s in ";\t|" if len(header) == 1 and s in header[0]), None)
   def check_names(names, flag, hint=""):
     for name in names:
       if name not in header:
         if separator:
-          hint += f" (the file looks {separator!r}-separated; only ',' is read)"
+          hint += (f" (the file looks {separator!r}-separated: pass --csv_separator="
+                   f"{separator!r}, and --decimal=',' if its numbers have decimal commas)")
         raise UserError(f"{path} line 1: no column {name!r} (from {flag}){hint}; the columns "
                         f"are {', '.join(header)}")
 
@@ -356,14 +401,17 @@ def read_csv(path, spec: CsvSpec) -> Series:
               if n == spec.target or (n not in spec.exclude and n not in time_names)]
   parsed = {}
   for name in chosen:
-    column = _parse_column(strings[name])
+    column = _parse_column(strings[name], spec.decimal)
     explicit = name == spec.target or spec.features is not None
     if not column.is_numeric and not explicit:
       continue  # a text column: not a default feature
     bad = np.nonzero(column.bad)[0]
     if len(bad):
+      cell = strings[name].iloc[bad[0]]
+      hint = (" (a decimal comma? pass --decimal=',')"
+              if spec.decimal == "." and spec.separator != "," and "," in cell else "")
       raise UserError(f"{path} line {lines[bad[0]]}, column {name!r}: not a number: "
-                      f"{strings[name].iloc[bad[0]]!r}")
+                      f"{cell!r}{hint}")
     parsed[name] = column
   names = list(parsed)
   values = np.stack([parsed[n].numbers for n in names], axis=1)

@@ -9,6 +9,7 @@
   progress   the progress bar, compile time and epoch lines while a run trains
   logs       TensorBoard event files and metrics.csv
   provenance versions, commit, devices, times and the architecture, for results.json
+  runs       an experiment's models planned and checked before any trains (resume as a whole)
   fit        `fit`, the loop that ties them together
 
   FLAGS = train.define_flags(epochs=10, batch_size=128)
@@ -22,6 +23,8 @@ from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions, check_flags, de
 from rnn_jax.train.placement import Placement, put
 from rnn_jax.train.results import write_results
 from rnn_jax.train.rundir import Diverged, Interrupted
+from rnn_jax.train.runs import ModelRun, check_names, check_workdir
+from rnn_jax.train.runs import plan as plan_runs
 from rnn_jax.train.runtime import MAX_CPU_DEVICES, cpu_device_count, cpu_devices_per_core, set_up
 from rnn_jax.train.step import (TrainState, evaluate, init_params, init_state, make_eval_step,
                                 make_train_step, run_eval)

@@ -91,6 +91,8 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
   lock = rundir.lock(workdir) if distributed.is_primary() else contextlib.nullcontext()
   with lock, rundir.StopOnSigint() as sigint:
     rundir.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
+    if options.resume:  # before any array is read: another configuration is refused
+      rundir.check_resume(workdir, rundir.config_of(options.flags), options.epochs)
     distributed.barrier(f"fit-start-{workdir}")
     effective = {"loss": loss, "metrics": list(metrics), "epochs": options.epochs,
                  "steps_per_epoch": steps_per_epoch, "validation_steps": val_steps,
@@ -129,9 +131,12 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
 
   # A fresh start, or the latest good checkpoint. `meta` is the checkpoint's JSON part;
   # meta["replicas"][r] holds replica r's history and best epoch.
-  config = {k: v for k, v in options.flags.items() if k not in RESUMABLE_FLAGS}
+  config = rundir.config_of(options.flags)
+  session_flags = {k: v for k, v in options.flags.items()
+                   if k in RESUMABLE_FLAGS and k not in ("resume", "overwrite", "workdir")}
   meta = {"epoch": 0, "step": 0, "seconds": 0.0, "epoch_seconds": 0.0, "config": config,
           "started": provenance.now(),
+          "session_flags": session_flags, "resumed": [],
           "replicas": [{"history": [], "best_epoch": None, "best_loss": None, "best_val": None}
                        for _ in seeds]}
   if options.resume:
@@ -143,6 +148,12 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
     else:
       name, saved, meta = restored
       rundir.check_same_config(meta["config"], config, workdir)
+      # The flags that may change on a resume are recorded where they changed.
+      before = meta.get("session_flags", {})
+      changed = {k: v for k, v in session_flags.items() if before.get(k, v) != v}
+      meta["resumed"] = [*meta.get("resumed", []),
+                         {"epoch": meta["epoch"], "step": meta["step"], "changed": changed}]
+      meta["session_flags"] = session_flags
       state = TrainState(saved["params"], saved["opt_state"], saved["totals"], state.seeds)
       best_params = saved["best_params"]
       _print(f"--resume: continuing from checkpoint {ckpt_dir / 'latest' / name}")
@@ -151,7 +162,9 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   session_start = time.time()
   monitor = progress_lib.Monitor(  # the bar, the epoch lines, TensorBoard and metrics.csv
       workdir, epochs=options.epochs, steps_per_epoch=steps_per_epoch, seeds=seeds,
-      log_every_steps=options.log_every_steps, fresh=meta["epoch"] == meta["step"] == 0)
+      log_every_steps=options.log_every_steps, fresh=meta["epoch"] == meta["step"] == 0,
+      resumed=(meta["epoch"], meta["epoch"] * steps_per_epoch + meta["step"],
+               [rep["history"] for rep in replicas]))
 
   def save_latest(epoch_done: int, step: int, epoch_seconds: float = 0.0):
     meta.update(epoch=epoch_done, step=step, replicas=replicas, epoch_seconds=epoch_seconds,
@@ -242,6 +255,7 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
       **results_lib.replica_results(replicas, tests, seeds),
       "seconds": seconds_before + time.time() - session_start,
       "compile_seconds": monitor.compile_seconds,
+      **({"resumed": meta["resumed"]} if meta.get("resumed") else {}),
       **extra_results,
       "provenance": provenance.environment(meta.get("started")),
   }

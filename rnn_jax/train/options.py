@@ -75,6 +75,12 @@ def check_flags(values: Mapping[str, Any]) -> None:
   for name in ("num_seeds", "num_processes"):
     need(positive_int(values.get(name, 1)), name, "a positive integer")
   need(values.get("log_every_steps", 0) >= 0, "log_every_steps", "0 or more")
+  if positive_int(values.get("num_seeds", 1)):
+    last = 2**31 - values.get("num_seeds", 1)
+    seed = values.get("seed", 0)
+    need(isinstance(seed, int) and 0 <= seed <= last, "seed",
+         f"in [0, {last}]" + (" (--seed + --num_seeds - 1 is a seed too)"
+                              if values.get("num_seeds", 1) > 1 else ""))
   need(0.0 <= values["validation_split"] < 1.0, "validation_split", "in [0, 1)")
   need(math.isfinite(values["learning_rate"]) and values["learning_rate"] > 0,
        "learning_rate", "positive")

@@ -87,14 +87,17 @@ class Monitor:
   """Progress bar, compile time, epoch lines, ETA, and the run's logs (see module doc)."""
 
   def __init__(self, workdir: Path, *, epochs: int, steps_per_epoch: int, seeds: Sequence[int],
-               log_every_steps: int = 50, fresh: bool = True, show_bar: Optional[bool] = None):
+               log_every_steps: int = 50, fresh: bool = True, show_bar: Optional[bool] = None,
+               resumed=None):
     self.epochs, self.steps_per_epoch, self.seeds = epochs, steps_per_epoch, list(seeds)
     self.primary = distributed.is_primary()
     self.show_bar = (self.primary and sys.stdout.isatty()) if show_bar is None else show_bar
     self.step_loss = StepLoss(log_every_steps)
-    self.logs = logs_lib.RunLogs(workdir, self.seeds, fresh=fresh) if self.primary else None
+    # resumed: (epochs done, global step, histories) of the checkpoint (logs.RunLogs).
+    self.logs = (logs_lib.RunLogs(workdir, self.seeds, fresh=fresh, resumed=resumed)
+                 if self.primary else None)
     if self.logs is not None:  # flush the event files however the run ends
-      atexit.register(self.logs.close)
+      atexit.register(self.logs.close_quietly)
     self.compile_seconds: Optional[float] = None
     self._epoch_seconds: list[float] = []
     self._bar = None

@@ -8,14 +8,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rnn_jax import checkpoints
+from rnn_jax import files
 
 
 def write_results(workdir: os.PathLike, results: Mapping[str, Any]) -> Path:
   """Writes `<workdir>/results.json` atomically; returns its path."""
   path = Path(workdir) / "results.json"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  checkpoints.write_atomic(path, json.dumps(results, indent=2) + "\n")
+  files.make_dirs(path.parent)
+  files.write_atomic(path, json.dumps(results, indent=2) + "\n")
   return path
 
 

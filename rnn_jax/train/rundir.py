@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from rnn_jax import checkpoints, distributed
+from rnn_jax import checkpoints, distributed, files
 from rnn_jax.errors import UserError
+from rnn_jax.train.options import RESUMABLE_FLAGS
 
 
 class Diverged(UserError):
@@ -68,8 +68,9 @@ def lock(workdir: Path):
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise UserError(f"--workdir: cannot create {workdir}: {e.strerror or e}") from None
-  lock_file = open(workdir / ".lock", "w")  # pylint: disable=consider-using-with
+    raise UserError(f"--workdir: cannot create {workdir}: {files.cause(e)}") from None
+  with files.writing(workdir / ".lock"):
+    lock_file = open(workdir / ".lock", "a")  # pylint: disable=consider-using-with
   try:
     fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
@@ -82,10 +83,11 @@ def prepare(workdir: Path, *, resume: bool, overwrite: bool) -> None:
   """Refuses to touch a finished or interrupted run unless --overwrite / --resume."""
   ckpt_dir = workdir / "checkpoints"
   if overwrite:
-    if distributed.is_primary():
-      for name in ("results.json", "history.png"):
-        (workdir / name).unlink(missing_ok=True)
-      shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if distributed.is_primary():  # results first: the run is unfinished from then on
+      for name in ("results.json", "history.png", "history.svg", "metrics.csv"):
+        files.remove_file(workdir / name)
+      files.remove_tree(workdir / "tensorboard")
+      files.remove_tree(ckpt_dir)
   elif (workdir / "results.json").exists():
     raise UserError(f"{workdir} already holds a finished run ({workdir / 'results.json'}); "
                     "pass --overwrite to replace it or choose another --workdir")
@@ -95,20 +97,56 @@ def prepare(workdir: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def save(directory: Path, name: str, state, meta, *, keep: int, kill_at: str) -> None:
-  """A checkpoint, with a write error as a one-line `UserError`."""
-  try:
-    checkpoints.save(directory, name, state, meta, keep=keep,
-                     before_commit=lambda: kill_point(kill_at))
-  except OSError as e:
-    raise UserError(f"cannot write checkpoint {directory / name}: {e.strerror or e}") from None
+  """A checkpoint; a write error is a one-line `UserError` (checkpoints.save) and the
+  previous checkpoint stays."""
+  checkpoints.save(directory, name, state, meta, keep=keep,
+                   before_commit=lambda: kill_point(kill_at))
 
 
-def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any],
-                      workdir: Path) -> None:
-  for name in sorted(set(saved) | set(current)):
-    if saved.get(name) != current.get(name):
-      raise UserError(f"--resume: {workdir} was trained with --{name}={saved.get(name)!r}, not "
-                      f"{current.get(name)!r}; use the same flags, or --overwrite")
+def config_of(flag_values: Mapping[str, Any]) -> dict:
+  """The flags a run must keep when resumed: all but `RESUMABLE_FLAGS`."""
+  return {k: v for k, v in flag_values.items() if k not in RESUMABLE_FLAGS}
+
+
+def flag_text(name: str, value: Any) -> str:
+  """`--name=value` as one would type it."""
+  if isinstance(value, (list, tuple)):
+    value = ",".join(map(str, value))
+  elif value is None:
+    return f"--{name} unset"
+  elif isinstance(value, bool):
+    return f"--{name}" if value else f"--no{name}"
+  return f"--{name}={value}"
+
+
+def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any], workdir: Path,
+                      what: str = "was trained") -> None:
+  """One line naming every flag whose value differs from the saved run's, both values,
+  and the two ways on."""
+  changed = [name for name in sorted(set(saved) | set(current))
+             if saved.get(name) != current.get(name)]
+  if not changed:
+    return
+  differences = ", ".join(
+      f"{flag_text(name, saved.get(name))} (now {flag_text(name, current.get(name))})"
+      for name in changed)
+  old = " ".join(flag_text(name, saved.get(name)) for name in changed)
+  raise UserError(f"--resume: {workdir} {what} with other flags: {differences}; resume with "
+                  f"{old}, or pass --overwrite to start over")
+
+
+def check_resume(workdir: Path, config: Mapping[str, Any], epochs: int) -> None:
+  """Before any array is read: the latest checkpoint's configuration (its JSON part) must
+  be `config`, and --epochs at least the epochs it has trained. Quiet when there is none."""
+  found = checkpoints.read_meta(workdir / "checkpoints" / "latest", report=lambda line: None)
+  if found is None:
+    return
+  _, meta = found
+  check_same_config(meta.get("config", {}), config, workdir)
+  if epochs < meta["epoch"]:
+    raise UserError(f"--resume: {workdir} has trained {meta['epoch']} epochs already, more "
+                    f"than --epochs={epochs}; resume with --epochs={meta['epoch']} or more, or "
+                    "pass --overwrite to start over")
 
 
 def resume_hint(workdir: Path, what: str) -> str:

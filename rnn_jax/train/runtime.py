@@ -12,6 +12,7 @@ import jax
 from absl import flags
 
 from rnn_jax import distributed
+from rnn_jax.errors import UserError
 from rnn_jax.train.options import check_flags
 
 # At most this many CPU devices: each step copies every device's gradient to every other
@@ -25,6 +26,15 @@ def set_up(flag_values: flags.FlagValues) -> None:
   device per core; bad shared flags raise a one-line `UserError` first."""
   values = {name: flag_values[name].value for name in flag_values}
   check_flags(values)
+  devices, num_seeds = values["num_devices"], values["num_seeds"]
+  # Before JAX makes its devices (a CPU gets as many as the batch splits into, so a batch
+  # that does not split over --num_devices would otherwise read as too few devices).
+  if (devices and devices <= MAX_CPU_DEVICES
+      and values["batch_size"] % (devices // math.gcd(num_seeds, devices))):
+    data_axis = devices // math.gcd(num_seeds, devices)
+    shared = f" left to the data by {num_seeds} seeds" if data_axis != devices else ""
+    raise UserError(f"--batch_size={values['batch_size']} is not divisible by the {data_axis} "
+                    f"devices{shared} of --num_devices={devices}")
   distributed.initialize(values["coordinator_address"], values["num_processes"],
                          values["process_id"])
   if values["num_processes"] == 1:

@@ -1,0 +1,153 @@
+"""Every write of a run (checkpoints, results.json, plots, summary.md, the lock, caches)
+goes through here: a failed write is one `UserError` line naming the path and the cause
+(no space left, read-only, name too long), and leaves no temporary file behind.
+
+  with files.writing(path):        # OSError and orbax's write errors -> UserError
+    ...
+  files.write_atomic(path, text)   # temporary file + os.replace, the user's umask
+  files.save_figure(fig, path)     # a matplotlib figure, the same way
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+from typing import Iterable, Union
+
+from rnn_jax.errors import UserError
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "is a directory",
+}
+# What tensorstore (under orbax) says instead of an errno.
+_STATUS_CAUSES = (
+    ("RESOURCE_EXHAUSTED", "no space left on device"),
+    ("No space left", "no space left on device"),
+    ("Read-only file system", "read-only file system"),
+    ("PERMISSION_DENIED", "permission denied"),
+    ("File name too long", "file name too long"),
+)
+
+
+def cause(error: BaseException) -> str:
+  """A write error's cause in a few words."""
+  if isinstance(error, OSError) and error.errno in _CAUSES:
+    return _CAUSES[error.errno]
+  text = str(error)
+  for marker, words in _STATUS_CAUSES:
+    if marker in text:
+      return words
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  return (text.strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def is_write_error(error: BaseException) -> bool:
+  """OSError, or an orbax/tensorstore error that carries an I/O status."""
+  if isinstance(error, OSError):
+    return True
+  text = str(error)
+  return isinstance(error, (ValueError, RuntimeError)) and any(
+      marker in text for marker, _ in _STATUS_CAUSES)
+
+
+@contextlib.contextmanager
+def writing(path: os.PathLike, *, cleanup: Iterable[os.PathLike] = ()):
+  """Turns a write error inside the block into `UserError("cannot write PATH: CAUSE")`,
+  after removing `cleanup` (the block's temporary files or directories)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_write_error(e):
+      raise
+    for leftover in cleanup:
+      remove(Path(leftover))
+    raise UserError(f"cannot write {path}: {cause(e)}") from None
+
+
+def remove(path: Path) -> None:
+  """Removes a file or directory tree if it is there; never raises."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  try:
+    if path.is_dir() and not path.is_symlink():
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      path.unlink(missing_ok=True)
+  except OSError:
+    pass
+
+
+def remove_file(path: os.PathLike) -> None:
+  """Removes a file if it is there; a failure is a `UserError` line."""
+  with writing(path):
+    Path(path).unlink(missing_ok=True)
+
+
+def remove_tree(path: os.PathLike) -> None:
+  """Removes a directory tree (or a file) if it is there; a failure is a `UserError` line."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  path = Path(path)
+  with writing(path):
+    if path.is_dir() and not path.is_symlink():
+      shutil.rmtree(path)
+    else:
+      path.unlink(missing_ok=True)
+
+
+def umask_mode(mode: int = 0o666) -> int:
+  """`mode` less the process's umask: what `open(..., "w")` would give a new file."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return mode & ~mask
+
+
+def tmp_path(path: os.PathLike) -> Path:
+  """The temporary name a write of `path` uses (in the same directory, hidden)."""
+  path = Path(path)
+  return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def write_atomic(path: os.PathLike, data: Union[str, bytes]) -> Path:
+  """Writes `data` to `path` through a temporary file and `os.replace`; a failed write
+  is a `UserError` and leaves neither a temporary file nor a changed `path`."""
+  path = Path(path)
+  tmp = tmp_path(path)
+  with writing(path, cleanup=[tmp]):
+    with open(tmp, "wb") as f:
+      f.write(data.encode() if isinstance(data, str) else data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return path
+
+
+def make_dirs(path: os.PathLike) -> Path:
+  """`mkdir -p`, with a failure as a `UserError`."""
+  path = Path(path)
+  with writing(path):
+    path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+def save_figure(fig, path: os.PathLike, *, close: bool = True, **kwargs) -> Path:
+  """`fig.savefig` (any format: PNG, SVG, PDF, by the suffix) through a temporary file and
+  `os.replace`; closes the figure unless `close=False`."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  path = Path(path)
+  tmp = tmp_path(path)
+  try:
+    with writing(path, cleanup=[tmp]):
+      fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or None, **kwargs)
+      os.replace(tmp, path)
+  finally:
+    if close:
+      plt.close(fig)
+  return path

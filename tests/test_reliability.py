@@ -1,0 +1,366 @@
+"""Reliability, in process: a resume never destroys a run, results never misdescribe one,
+write failures are one-line errors, the layer API speaks the user's terms (issue #13).
+
+The end-to-end cases (flags, CSVs, summarize, the workdir) are rows of
+tests/test_bad_inputs.py; the multi-model resumes of the experiments are in
+tests/test_faults.py.
+"""
+import errno
+import hashlib
+import io
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from rnn_jax import checkpoints, errors, files, layers, plots, train
+from rnn_jax.data import imdb, timeseries
+from rnn_jax.data.batches import ArrayBatches
+from rnn_jax.errors import UserError
+from rnn_jax.train import rundir, runs
+
+
+def tree_hash(directory: Path) -> dict:
+  """relative path -> sha256 of every file below `directory` (what must not change)."""
+  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------ fit and resume
+
+def _flags(**changed):
+  return {"seed": 0, "units": 4, "optimizer": "adam", "learning_rate": 1e-2, "epochs": 2,
+          "resume": False, "overwrite": False, "workdir": None, **changed}
+
+
+def _options(workdir, units=4, epochs=2, resume=False, **flag_changes):
+  flags = _flags(units=units, epochs=epochs, resume=resume, workdir=str(workdir), **flag_changes)
+  return train.TrainOptions(experiment="test", model_name="gru", workdir=str(workdir),
+                            epochs=epochs, optimizer="adam", learning_rate=1e-2,
+                            resume=resume, flags=flags)
+
+
+def _model(units):
+  return layers.Sequential([layers.GRU(units), layers.Dense(1)])
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(64, 5, 2)).astype(np.float32)
+  y = x[:, :, 0].sum(axis=1, keepdims=True)
+  return ArrayBatches.from_arrays(x, y, validation_split=0.25, x_test=x[:16], y_test=y[:16],
+                                  batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+  """An unfinished run: 2 epochs of GRU(4) trained, results.json not yet written."""
+  workdir = tmp_path_factory.mktemp("interrupted") / "gru"
+  train.fit(_model(4), _data(), loss="mse", options=_options(workdir))
+  (workdir / "results.json").unlink()
+  return workdir
+
+
+def _copy(src: Path, dst: Path) -> Path:
+  import shutil
+  shutil.copytree(src, dst)
+  return dst
+
+
+def test_resume_with_changed_flags_is_refused_naming_each_and_keeps_the_run(
+    interrupted, tmp_path, capsys):
+  workdir = _copy(interrupted, tmp_path / "gru")
+  before = tree_hash(workdir)
+  options = _options(workdir, units=8, resume=True, optimizer="rmsprop")
+  with pytest.raises(UserError) as error:
+    train.fit(_model(8), _data(), loss="mse", options=options)
+  message = str(error.value)
+  assert "\n" not in message
+  assert "--units=4 (now --units=8)" in message
+  assert "--optimizer=adam (now --optimizer=rmsprop)" in message
+  assert "--overwrite" in message and "resume with --optimizer=adam --units=4" in message
+  assert "corrupt" not in message + capsys.readouterr().err
+  assert tree_hash(workdir) == before
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(interrupted, tmp_path):
+  workdir = _copy(interrupted, tmp_path / "gru")
+  before = tree_hash(workdir)
+  with pytest.raises(UserError, match=r"has trained 2 epochs already, more than --epochs=1"):
+    train.fit(_model(4), _data(), loss="mse", options=_options(workdir, epochs=1, resume=True))
+  assert tree_hash(workdir) == before
+
+
+def test_resume_with_more_epochs_records_the_resume(interrupted, tmp_path):
+  workdir = _copy(interrupted, tmp_path / "gru")
+  results = train.fit(_model(4), _data(), loss="mse",
+                      options=_options(workdir, epochs=3, resume=True)).results
+  assert [row["epoch"] for row in results["history"]] == [1, 2, 3]
+  assert results["flags"]["epochs"] == 3
+  assert results["resumed"] == [{"epoch": 2, "step": 0, "changed": {"epochs": 3}}]
+
+
+def test_intact_checkpoint_of_another_structure_is_a_mismatch_not_corrupt(tmp_path):
+  checkpoints.save(tmp_path, "epoch000001", {"w": jnp.ones((3, 2))}, {"epoch": 1})
+  before = tree_hash(tmp_path)
+  reports = []
+  with pytest.raises(checkpoints.Mismatch, match="intact but does not fit"):
+    checkpoints.restore(tmp_path, {"w": jnp.ones((4, 2)), "b": jnp.ones(2)},
+                        report=reports.append)
+  assert reports == [] and tree_hash(tmp_path) == before
+
+
+def test_read_meta_reads_no_array(tmp_path, monkeypatch):
+  checkpoints.save(tmp_path, "epoch000001", {"w": jnp.ones(3)}, {"epoch": 1, "config": {"a": 1}})
+  monkeypatch.setattr(ocp.Checkpointer, "restore",
+                      lambda *a, **k: pytest.fail("read_meta must not restore arrays"))
+  assert checkpoints.read_meta(tmp_path) == ("epoch000001", {"epoch": 1, "config": {"a": 1}})
+
+
+# -------------------------------------------------------------------- multi-model plans
+
+def _finished(workdir: Path, **flag_changes):
+  workdir.mkdir(parents=True)
+  (workdir / "results.json").write_text(json.dumps({"model": workdir.name,
+                                                    "flags": _flags(model=workdir.name,
+                                                                    **flag_changes)}))
+
+
+def _unfinished(workdir: Path, epoch=1, **flag_changes):
+  checkpoints.save(workdir / "checkpoints" / "latest", f"epoch{epoch:06d}-step000000",
+                   {"w": jnp.ones(2)}, {"epoch": epoch, "step": 0,
+                                        "config": rundir.config_of(_flags(model=workdir.name,
+                                                                          **flag_changes))})
+
+
+def _plan(root, names, **changes):
+  options = {n: _options(root / n, resume=True, **changes) for n in names}
+  options = {n: o.__class__(**{**o.__dict__, "flags": {**o.flags, "model": names}})
+             for n, o in options.items()}
+  return runs.plan(options, list_flag="model")
+
+
+def test_plan_resumes_a_multi_model_run_as_a_whole(tmp_path):
+  _finished(tmp_path / "naive")
+  _unfinished(tmp_path / "gru")
+  planned = _plan(tmp_path, ["naive", "gru", "lstm"])
+  assert [r.status for r in planned] == ["finished", "resume", "start"]
+  assert planned[0].results["model"] == "naive"
+  assert all(r.options.flags["model"] == r.name for r in planned)  # its own, not the list
+  # A finished model dropped from the list is left alone.
+  assert [r.status for r in _plan(tmp_path, ["gru"])] == ["resume"]
+
+
+def test_plan_refuses_a_finished_model_of_other_flags(tmp_path):
+  _finished(tmp_path / "gru", units=8)
+  with pytest.raises(UserError, match=r"finished with other flags: --units=8 \(now --units=4\)"):
+    _plan(tmp_path, ["gru"])
+
+
+def test_plan_refuses_a_finished_model_of_other_epochs(tmp_path):
+  _finished(tmp_path / "gru", epochs=3)
+  with pytest.raises(UserError, match=r"finished with --epochs=3, not 2"):
+    _plan(tmp_path, ["gru"])
+
+
+def test_plan_refuses_an_interrupted_model_of_other_flags_before_any_trains(tmp_path):
+  _finished(tmp_path / "naive")
+  _unfinished(tmp_path / "gru", units=8)
+  before = tree_hash(tmp_path)
+  with pytest.raises(UserError, match=r"was trained with other flags: --units=8"):
+    _plan(tmp_path, ["naive", "gru"])
+  assert tree_hash(tmp_path) == before
+
+
+@pytest.mark.parametrize("names, pattern", [
+    ([], r"--model: give at least one model"),
+    (["gru", "gru"], r"--model=gru,gru: 'gru' is listed twice"),
+    (["gru", "cnn"], r"--model: unknown \['cnn'\]"),
+])
+def test_model_lists_are_checked(names, pattern):
+  with pytest.raises(UserError, match=pattern):
+    runs.check_names(names, ["naive", "gru"], "model")
+
+
+def test_workdir_name_too_long_is_one_line(tmp_path):
+  with pytest.raises(UserError, match="file name too long"):
+    runs.check_workdir(tmp_path / ("x" * 300))
+
+
+# ----------------------------------------------------------------------- write failures
+
+def _enospc(*args, **kwargs):
+  raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_at_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+  checkpoints.save(tmp_path, "epoch000001", {"w": jnp.ones(3)}, {"epoch": 1})
+  before = tree_hash(tmp_path)
+
+  def full(self, path, *args, **kwargs):  # what orbax raises when tensorstore runs out
+    Path(str(path) + ".orbax-checkpoint-tmp-123").mkdir()
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device")
+  monkeypatch.setattr(ocp.Checkpointer, "save", full)
+  with pytest.raises(UserError, match=r"cannot write \S*epoch000002: no space left on device"):
+    checkpoints.save(tmp_path, "epoch000002", {"w": jnp.ones(3)}, {"epoch": 2})
+  assert tree_hash(tmp_path) == before
+  assert sorted(os.listdir(tmp_path)) == ["epoch000001", "epoch000001.sha256"]
+
+
+def test_full_disk_at_the_commit_marker_keeps_the_previous_one(tmp_path, monkeypatch):
+  checkpoints.save(tmp_path, "epoch000001", {"w": jnp.ones(3)}, {"epoch": 1})
+  monkeypatch.setattr(files.os, "fsync", _enospc)
+  with pytest.raises(UserError, match="no space left on device"):
+    checkpoints.save(tmp_path, "epoch000002", {"w": jnp.ones(3)}, {"epoch": 2})
+  assert sorted(os.listdir(tmp_path)) == ["epoch000001", "epoch000001.sha256"]
+
+
+def test_full_disk_at_a_plot_leaves_no_temporary_file(tmp_path, monkeypatch):
+  import matplotlib.figure
+
+  def full(self, path, **kwargs):
+    Path(path).write_bytes(b"\x89PNG half")
+    _enospc()
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+  with pytest.raises(UserError, match=r"cannot write \S*history\.png: no space left on device"):
+    plots.history([{"epoch": 1, "loss": 1.0, "val_loss": 1.0}], tmp_path / "history.png")
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("code, cause", [(errno.EROFS, "read-only file system"),
+                                         (errno.ENAMETOOLONG, "file name too long"),
+                                         (errno.ENOSPC, "no space left on device")])
+def test_results_and_summary_write_errors_are_one_line(tmp_path, monkeypatch, code, cause):
+  (tmp_path / "results.json").write_text("old")
+
+  def refuse(*args, **kwargs):
+    raise OSError(code, os.strerror(code))
+  monkeypatch.setattr(files.os, "replace", refuse)
+  with pytest.raises(UserError, match=rf"cannot write \S*results\.json: {cause}$"):
+    train.write_results(tmp_path, {"model": "gru"})
+  assert os.listdir(tmp_path) == ["results.json"]
+  assert (tmp_path / "results.json").read_text() == "old"
+
+
+def test_read_only_lock_is_one_line(tmp_path, monkeypatch):
+  def read_only(*args, **kwargs):
+    raise OSError(errno.EROFS, "Read-only file system")
+  monkeypatch.setattr(rundir, "open", read_only, raising=False)
+  with pytest.raises(UserError, match=r"cannot write \S*\.lock: read-only file system"):
+    rundir.lock(tmp_path)
+
+
+# ------------------------------------------------------------------------------- inputs
+
+@pytest.mark.parametrize("seed, ok", [(-1, False), (3_000_000_000, False), (0, True),
+                                      (2**31 - 1, True)])
+def test_seed_range(seed, ok):
+  values = {"epochs": 1, "batch_size": 1, "steps_per_epoch": None, "validation_steps": None,
+            "num_devices": None, "num_seeds": 1, "num_processes": 1, "validation_split": 0.0,
+            "learning_rate": 1e-3, "clip_norm": None, "seed": seed}
+  if ok:
+    train.check_flags(values)
+  else:
+    with pytest.raises(UserError, match=r"--seed must be in \[0, 2147483647\]"):
+      train.check_flags(values)
+
+
+def test_ctrl_c_before_training_is_one_line_exit_130(capsys):
+  def main(argv):
+    raise KeyboardInterrupt
+  with pytest.raises(SystemExit) as exit_:
+    errors._guarded(main)([])  # pylint: disable=protected-access
+  assert exit_.value.code == 130
+  assert capsys.readouterr().err.strip().splitlines() == ["error: interrupted (Ctrl-C)"]
+
+
+def test_imdb_token_cache_follows_the_umask(tmp_path):
+  ranked = imdb.Ranked([np.array([1, 2])], np.array([1]), [np.array([3])], np.array([0]),
+                       ("a", "b", "c"))
+  old = os.umask(0o022)
+  try:
+    imdb._save_ranked(tmp_path / "ranks.npz", ranked)  # pylint: disable=protected-access
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE((tmp_path / "ranks.npz").stat().st_mode) == 0o644
+
+
+def _csv(tmp_path, name, lines):
+  path = tmp_path / name
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+_TIMES = [f"2020-01-01 {h:02d}:00:00" for h in range(24)]
+
+
+def test_csv_trailing_empty_column_is_dropped(tmp_path):
+  path = _csv(tmp_path, "trailing.csv", ["time,a,T,"] + [f"{t},{i},{i % 5}.5," for i, t in
+                                                         enumerate(_TIMES)])
+  series = timeseries.read_csv(path, timeseries.CsvSpec(target="T", time_column="time",
+                                                        fill_missing="interpolate"))
+  assert series.columns == ("a", "T") and series.values[3].tolist() == [3.0, 3.5]
+
+
+def test_csv_semicolons_with_decimal_commas(tmp_path):
+  path = _csv(tmp_path, "semi.csv", ["time;a;T"] + [f"{t};{i},25;{i % 5},5" for i, t in
+                                                     enumerate(_TIMES)])
+  series = timeseries.read_csv(path, timeseries.CsvSpec(target="T", time_column="time",
+                                                        separator=";", decimal=","))
+  assert series.columns == ("a", "T") and series.values[3].tolist() == [3.25, 3.5]
+  with pytest.raises(UserError, match=r"looks ';'-separated: pass --csv_separator=';', and "
+                                      r"--decimal=','"):
+    timeseries.read_csv(path, timeseries.CsvSpec(target="T", time_column="time"))
+  with pytest.raises(UserError, match=r"column 'T': not a number: '0,5' \(a decimal comma\? pass "
+                                      r"--decimal=','\)"):
+    timeseries.read_csv(path, timeseries.CsvSpec(target="T", time_column="time", separator=";"))
+
+
+def test_csv_column_that_overflows_normalization_is_named():
+  values = np.stack([np.arange(10.0), np.where(np.arange(10) % 2, 1e300, -1e300)], axis=1)
+  with pytest.raises(UserError, match=r"column 'huge': values up to 1e\+300 are too large"):
+    timeseries.Normalization.fit(values, ("a", "huge"))
+  norm = timeseries.Normalization.fit(values[:4] * 1e-290, ("a", "huge"))
+  with pytest.raises(UserError, match=r"column 'huge'.*overflow float32"):
+    norm.check(values, ("a", "huge"))
+
+
+# -------------------------------------------------------------------------- layer API
+
+KEY = jax.random.key(0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bfloat16, jnp.float16])
+def test_integer_and_low_precision_inputs_are_cast(dtype):
+  gru = layers.GRU(4)
+  params, _ = gru.init(KEY, (5, 3))
+  x = jnp.arange(30).reshape(2, 5, 3) % 3
+  y, _ = gru.apply(params, x.astype(dtype))
+  expected, _ = gru.apply(params, x.astype(dtype).astype(jnp.float32))
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(y, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda g, p: g.apply(p, jnp.ones((5, 3))),
+     r"GRU\(4\): expects inputs \[batch, time, features\], got shape \(5, 3\)"),
+    (lambda g, p: g.init(KEY, (3,)), r"GRU\(4\): expects inputs \[batch, time, features\]"),
+    (lambda g, p: g.apply(p, jnp.ones((2, 5, 3)), jnp.ones((2, 4), bool)),
+     r"GRU\(4\): the mask must be \[batch, time\] = \(2, 5\).*got shape \(2, 4\)"),
+    (lambda g, p: g.apply(layers.LSTM(4).init(KEY, (5, 3))[0], jnp.ones((2, 5, 3))),
+     r"GRU\(4\) on 3 input features: params .* has shape .*params of another cell or size"),
+    (lambda g, p: layers.GRU(0), r"GRU\(0\): units must be a positive integer, got 0"),
+    (lambda g, p: layers.LSTM(4, dropout=1.0), r"LSTM\(4\): dropout must be in \[0, 1\)"),
+], ids=["2d_input", "2d_init", "mask_shape", "lstm_params", "zero_units", "dropout_1"])
+def test_layer_errors_in_the_users_terms(call, pattern):
+  gru = layers.GRU(4)
+  params, _ = gru.init(KEY, (5, 3))
+  with pytest.raises(ValueError, match=pattern):
+    call(gru, params)
