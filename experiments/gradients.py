@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from rnn_jax import cells, diagnostics, errors, layers, train
+from rnn_jax import cells, checkpoints, diagnostics, errors, files, layers, train
 from rnn_jax.data import adding
 
 flags.DEFINE_integer("seq_len", 100, "Sequence length T of the gradient figure.")
@@ -83,13 +83,52 @@ def gradient_profile(cell, model_params, x, y, units) -> dict:
 
 
 def _options(name: str, root: Path, **changes) -> train.TrainOptions:
-  """The run's options; the models of the figure train unclipped (--clip_norm is part 2's)."""
+  """The run's options; the models of the figure train unclipped (--clip_norm is part 2's).
+  --parts is the experiment's, not a run's: each run's recorded flags leave it out."""
   options = train.TrainOptions.from_flags(FLAGS, experiment="gradients", model_name=name,
                                           workdir=str(root / name))
-  return dataclasses.replace(options, overwrite=True, **{"clip_norm": None, **changes})
+  return dataclasses.replace(options, flags={k: v for k, v in options.flags.items()
+                                             if k != "parts"},
+                             **{"clip_norm": None, **changes})
 
 
-def clipping_runs(root: Path) -> dict:
+def _clipping_options(root: Path) -> dict[str, train.TrainOptions]:
+  return {f"clipping_{name}": _options(f"clipping_{name}", root, clip_norm=clip,
+                                       optimizer="sgd",
+                                       learning_rate=FLAGS.clipping_learning_rate,
+                                       epochs=FLAGS.clipping_epochs)
+          for name, clip in [("unclipped", None), ("clipped", FLAGS.clip_norm)]}
+
+
+def plan(root: Path) -> dict[str, train.ModelRun]:
+  """Every training run of the experiment, checked before any trains, as every experiment
+  does (train.plan_runs): with --resume, finished runs are reused and an interrupted one
+  continues; without --resume or --overwrite, an earlier run is refused, not replaced."""
+  options = {}
+  if "profiles" in FLAGS.parts:
+    options.update({name: _options(name, root) for name in configurations(2, 1.0)
+                    if name != "simple_rnn_relu_exploding"})
+  if "clipping" in FLAGS.parts:
+    options.update(_clipping_options(root))
+  return {run.name: run for run in train.plan_runs(options, list_flag=None)}
+
+
+def _trained(model, run: train.ModelRun, data, sample_x):
+  """(params, results) of a run: trained now, or a finished run's best checkpoint."""
+  if not run.finished:
+    fitted = train.fit(model, data, loss="mse", options=run.options)
+    return fitted.params, fitted.results
+  like = {"params": model.init(jax.random.key(0), sample_x)}
+  restored = checkpoints.restore(Path(run.options.workdir) / "checkpoints" / "best", like)
+  if restored is None:
+    raise errors.UserError(f"{run.options.workdir}: finished, but its best checkpoint is "
+                           "missing or corrupt; pass --overwrite to train it again")
+  print(f"--- {run.name}: finished earlier with the same flags, reusing "
+        f"{Path(run.options.workdir) / 'results.json'}", flush=True)
+  return restored[1]["params"], run.results
+
+
+def clipping_runs(root: Path, runs: dict) -> dict:
   """The exploding relu RNN by SGD, without and with --clip_norm."""
   data = adding.batches(seq_len=FLAGS.clipping_seq_len, num_train=FLAGS.num_train,
                         num_test=500, validation_split=0.2, batch_size=FLAGS.batch_size,
@@ -97,14 +136,14 @@ def clipping_runs(root: Path) -> dict:
   cell = _scaled_recurrent_kernel(cells.simple_rnn("relu"), FLAGS.clipping_scale)
   results = {}
   for name, clip in [("unclipped", None), ("clipped", FLAGS.clip_norm)]:
-    options = _options(f"clipping_{name}", root, clip_norm=clip, optimizer="sgd",
-                       learning_rate=FLAGS.clipping_learning_rate,
-                       epochs=FLAGS.clipping_epochs)
+    run = runs[f"clipping_{name}"]
     print(f"--- clipping demo: relu RNN, {name}", flush=True)
     try:
-      fitted = train.fit(_model(cell, FLAGS.units), data, loss="mse", options=options)
-      history = fitted.results["history"]
-      results[name] = {"outcome": "trained", "test_mse": fitted.results["test"]["loss"],
+      fitted = (run.results if run.finished else
+                train.fit(_model(cell, FLAGS.units), data, loss="mse",
+                          options=run.options).results)
+      history = fitted["history"]
+      results[name] = {"outcome": "trained", "test_mse": fitted["test"]["loss"],
                        "history": history}
     except train.Diverged as e:
       results[name] = {"outcome": "diverged", "message": str(e)}
@@ -118,8 +157,13 @@ def main(argv):
   for name in ("seq_len", "units", "num_train", "clipping_seq_len", "clipping_epochs"):
     if FLAGS[name].value < 2:
       raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
+  unknown = [part for part in FLAGS.parts if part not in ("profiles", "clipping")]
+  if unknown or not FLAGS.parts:
+    raise errors.UserError(f"--parts: unknown {unknown}; choose from profiles, clipping")
   train.set_up(FLAGS)
   root = Path(FLAGS.workdir or os.path.join("runs", "gradients"))
+  train.check_workdir(root)
+  runs = plan(root)
   data = adding.batches(seq_len=FLAGS.seq_len, num_train=FLAGS.num_train, num_test=500,
                         validation_split=0.2, batch_size=FLAGS.batch_size, seed=FLAGS.seed)
   x, y, _ = next(iter(data.test()))
@@ -134,19 +178,19 @@ def main(argv):
     print(f"--- {name}: at init ||dL/dh_1|| / ||dL/dh_T|| = "
           f"{entry['init']['first_to_last']:.3g}", flush=True)
     if name != "simple_rnn_relu_exploding":  # it cannot train unclipped: see part 2
-      fitted = train.fit(model, data, loss="mse", options=_options(name, root))
+      params, results = _trained(model, runs[name], data, x)
       # On the host first: fit's params are replicated over its CPU devices, where an XLA
       # program over both would all-reduce (and can deadlock, see rnn_jax.train.placement).
-      trained_params = jax.device_get(fitted.params)
+      trained_params = jax.device_get(params)
       entry["trained"] = gradient_profile(cell, trained_params, x, y, FLAGS.units)
-      entry["trained"]["test_mse"] = fitted.results["test"]["loss"]
+      entry["trained"]["test_mse"] = results["test"]["loss"]
       print(f"--- {name}: trained, ||dL/dh_1|| / ||dL/dh_T|| = "
             f"{entry['trained']['first_to_last']:.3g}", flush=True)
     report["models"][name] = entry
   if "clipping" in FLAGS.parts:
-    report["clipping"] = clipping_runs(root)
-  root.mkdir(parents=True, exist_ok=True)
-  (root / "gradients.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["clipping"] = clipping_runs(root, runs)
+  files.make_dirs(root)
+  files.write_atomic(root / "gradients.json", json.dumps(report, indent=2) + "\n")
   from rnn_jax import plots  # pylint: disable=import-outside-toplevel
   if report["models"]:
     plots.gradient_profiles(report, root / "gradients")

@@ -403,6 +403,7 @@ def main(argv):
       raise errors.UserError(f"--{name} must be in [0, 1), got {value}")
   if FLAGS.lookback >= 1 and FLAGS.step >= 1 and FLAGS.lookback % FLAGS.step:
     raise errors.UserError(f"--step={FLAGS.step} does not divide --lookback={FLAGS.lookback}")
+  train.check_run_flags(FLAGS)  # the shared flags, before the CSV is read
   problem = load_problem()
   root = pathlib.Path(FLAGS.workdir or os.path.join("runs", problem.experiment))
   train.check_workdir(root)

@@ -8,6 +8,7 @@ a second one during it, prints one `error: interrupted` line and exits with stat
 """
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
@@ -19,15 +20,25 @@ class UserError(Exception):
 def _guarded(main: Callable) -> Callable:
   def wrapper(argv):
     try:
+      # Ctrl-C as KeyboardInterrupt from here on, so that every `finally` cleans up (an
+      # experiments package's handler may have exited at once while importing).
+      _interrupts_as_exceptions()
       return main(argv)
     except UserError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(2)
     except KeyboardInterrupt:
-      print("error: interrupted (Ctrl-C)", file=sys.stderr,
-            flush=True)
+      print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
       sys.exit(130)
   return wrapper
+
+
+def _interrupts_as_exceptions() -> None:
+  try:
+    if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+  except ValueError:  # not the main thread: leave SIGINT alone
+    pass
 
 
 def run(main: Callable) -> None:

@@ -172,3 +172,111 @@ def test_default_forecast_models_resume_after_ctrl_c_in_the_second(tmp_path):
   assert again.returncode == 0, again.stderr
   assert {k: v for k, v in _tree_hash(workdir).items() if k.endswith(("json", "sha256"))} == {
       k: v for k, v in finished.items() if k.endswith(("json", "sha256"))}
+
+
+# ------------------------------------------- resumes on #16's logs, every experiment alike
+
+def _events(run_dir):
+  """[(tag, step)] of every event file under run_dir/tensorboard (all sessions')."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  out = []
+  for path in sorted(glob.glob(str(run_dir / "tensorboard" / "events.out.tfevents.*"))):
+    data, at = open(path, "rb").read(), 0
+    while at < len(data):
+      (length,) = struct.unpack("<Q", data[at:at + 8])
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      out += [(v.tag, event.step) for v in event.summary.value]
+  return out
+
+
+@pytest.mark.parametrize("kill_at", ["step:2:5", "epoch:3"])
+def test_resume_logs_every_epoch_and_step_once(tmp_path, kill_at):
+  """SIGKILL mid-epoch (step losses logged past the checkpoint) or after the last epoch's
+  checkpoint but before its logs: after --resume, TensorBoard holds each epoch's scalars
+  and each step's loss exactly once, and metrics.csv one row per epoch."""
+  workdir = tmp_path / "run"
+  killed = runs.run(workdir, "--log_every_steps=1", kill_at=kill_at)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  resumed = runs.run(workdir, "--log_every_steps=1", "--resume")
+  assert resumed.returncode == 0, resumed.stderr
+  events = _events(workdir / "gru")
+  assert len(events) == len(set(events)), "a scalar logged twice"
+  assert sorted(step for tag, step in events if tag == "epoch/loss") == [1, 2, 3]
+  steps = sorted(step for tag, step in events if tag == "step/loss")
+  assert steps == list(range(steps[0], steps[-1] + 1)) and steps[-1] == 24  # 3 x 8 steps
+  rows = (workdir / "gru" / "metrics.csv").read_text().splitlines()
+  assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]
+  assert len(list((workdir / "gru" / "tensorboard").glob("events.out.tfevents.*"))) <= 2
+
+
+def test_multi_model_adding_problem_resumes_as_a_whole(tmp_path):
+  """--model=gru,lstm killed during lstm; a resume keeps gru byte for byte and continues
+  lstm; --model=lstm alone resumes it too; gru,gru is refused before anything trains."""
+  workdir = tmp_path / "run"
+  flags = ["--model=gru,lstm", "--epochs=2"]
+  # Kill points name no model: gru is trained first on its own, then the pair is resumed
+  # and killed in lstm's second epoch (gru reused: it trains no step).
+  assert runs.run(workdir, "--model=gru", "--epochs=2").returncode == 0
+  killed = runs.run(workdir, *flags, "--resume", kill_at="step:2:3")
+  assert killed.returncode == -signal.SIGKILL
+  assert (workdir / "gru" / "results.json").exists()
+  assert not (workdir / "lstm" / "results.json").exists()
+  gru = _tree_hash(workdir / "gru")
+  twice = runs.run(workdir, "--model=lstm,lstm", "--epochs=2", "--resume")
+  assert twice.returncode == 2 and "'lstm' is listed twice" in twice.stderr
+  only = runs.run(workdir, "--model=lstm", "--epochs=2", "--resume")  # gru dropped: fine
+  assert only.returncode == 0 and "continuing from" in only.stdout, only.stderr
+  lstm_files = _tree_hash(workdir / "lstm")
+  resumed = runs.run(workdir, *flags, "--resume")  # both finished: reused, untouched
+  assert resumed.returncode == 0, resumed.stderr
+  assert "gru: finished earlier with the same flags" in resumed.stdout
+  assert "lstm: finished earlier with the same flags" in resumed.stdout
+  assert _tree_hash(workdir / "gru") == gru and _tree_hash(workdir / "lstm") == lstm_files
+  lstm = json.loads((workdir / "lstm" / "results.json").read_text())
+  assert [row["epoch"] for row in lstm["history"]] == [1, 2]
+  assert lstm["flags"]["model"] == "lstm" and lstm["config"]["epochs"] == 2
+
+
+def test_finished_run_with_other_epochs_is_refused_and_kept(tmp_path):
+  """results.json never misdescribes a run: a finished run is not re-labelled by a resume
+  with other --epochs, and a checkpoint of more epochs than --epochs is refused."""
+  workdir = tmp_path / "run"
+  assert runs.run(workdir).returncode == 0  # --epochs=3
+  before = _tree_hash(workdir)
+  for epochs in ("2", "4"):
+    refused = runs.run(workdir, "--resume", f"--epochs={epochs}")
+    assert refused.returncode == 2, refused.stderr
+    lines = [l for l in refused.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "finished with --epochs=3" in lines[0], refused.stderr
+  assert _tree_hash(workdir) == before
+  killed_dir = tmp_path / "killed"
+  assert runs.run(killed_dir, kill_at="epoch:3").returncode == -signal.SIGKILL
+  before = _tree_hash(killed_dir)
+  fewer = runs.run(killed_dir, "--resume", "--epochs=2")
+  assert fewer.returncode == 2 and "has trained 3 epochs already" in fewer.stderr
+  assert _tree_hash(killed_dir) == before
+  done = runs.run(killed_dir, "--resume")
+  assert done.returncode == 0
+  results = runs.results(killed_dir)
+  assert results["flags"]["epochs"] == 3 == len(results["history"])
+
+
+def test_ctrl_c_while_starting_exits_130_with_one_line(tmp_path):
+  """SIGINT at any point before training (imports, flags, reading data) is one line, 130."""
+  import time
+  for delay in (0.3, 1.5):
+    proc = subprocess.Popen(runs.command(tmp_path / f"run{delay}"), cwd=runs.REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=runs.environment())
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if "compiled the train step" in out or "interrupted in epoch" in err:
+      continue  # it was training already: the first Ctrl-C saves a checkpoint (above)
+    assert proc.returncode == 130, (delay, err)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert lines == ["error: interrupted (Ctrl-C)"], (delay, err)
+    assert "Traceback" not in err

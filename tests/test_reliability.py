@@ -128,7 +128,8 @@ def test_read_meta_reads_no_array(tmp_path, monkeypatch):
 
 def _finished(workdir: Path, **flag_changes):
   workdir.mkdir(parents=True)
-  (workdir / "results.json").write_text(json.dumps({"model": workdir.name,
+  trained = {} if workdir.name == "naive" else {"history": [{"epoch": 1}]}  # naive: no epochs
+  (workdir / "results.json").write_text(json.dumps({"model": workdir.name, **trained,
                                                     "flags": _flags(model=workdir.name,
                                                                     **flag_changes)}))
 

@@ -25,6 +25,7 @@ from rnn_jax.train.results import write_results
 from rnn_jax.train.rundir import Diverged, Interrupted
 from rnn_jax.train.runs import ModelRun, check_names, check_workdir
 from rnn_jax.train.runs import plan as plan_runs
+from rnn_jax.train.runtime import check as check_run_flags
 from rnn_jax.train.runtime import MAX_CPU_DEVICES, cpu_device_count, cpu_devices_per_core, set_up
 from rnn_jax.train.step import (TrainState, evaluate, init_params, init_state, make_eval_step,
                                 make_train_step, run_eval)

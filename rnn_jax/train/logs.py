@@ -99,8 +99,9 @@ class EventFile:
   def add(self, event) -> None:
     if self._file is None:
       return
-    with files.writing(self.path):
+    with files.writing(self.path):  # to the OS at once: a SIGKILL loses none of it
       self._file.write(_record(event.SerializeToString()))
+      self._file.flush()
 
   def flush(self) -> None:
     if self._file is None:

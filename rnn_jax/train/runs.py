@@ -98,11 +98,15 @@ def plan_one(name: str, options: TrainOptions) -> ModelRun:
     results = _read_results(results_path)
     rundir.check_same_config(rundir.config_of(results["flags"]),
                              rundir.config_of(options.flags), workdir, what="finished")
-    if results["flags"].get("epochs") != options.epochs:
+    # The epochs it trained (fit's effective config; the flag in older results). A run
+    # that trained nothing (the naive baseline) has no epochs to compare.
+    config = results.get("config") if isinstance(results.get("config"), dict) else {}
+    trained = config.get("epochs", results["flags"].get("epochs"))
+    if results.get("history") and trained != options.epochs:
       raise UserError(
-          f"--resume: {workdir} finished with --epochs={results['flags'].get('epochs')}, not "
-          f"{options.epochs}; a finished run is not extended: resume with "
-          f"--epochs={results['flags'].get('epochs')}, or pass --overwrite to start over")
+          f"--resume: {workdir} finished with --epochs={trained}, not {options.epochs}; a "
+          f"finished run is not extended: resume with --epochs={trained}, or pass "
+          "--overwrite to start over")
     return ModelRun(name, options, "finished", results)
   if checkpoints.committed(workdir / "checkpoints" / "latest"):
     if not options.resume:

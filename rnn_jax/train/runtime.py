@@ -21,9 +21,10 @@ from rnn_jax.train.options import check_flags
 MAX_CPU_DEVICES = 8
 
 
-def set_up(flag_values: flags.FlagValues) -> None:
-  """Joins the other processes (--num_processes > 1) or, in one process, makes one CPU
-  device per core; bad shared flags raise a one-line `UserError` first."""
+def check(flag_values: flags.FlagValues) -> dict:
+  """The shared flags' values, checked without side effects (an experiment calls it before
+  it reads or tokenizes data): a bad value, or a batch that does not split over
+  --num_devices, is a one-line `UserError`."""
   values = {name: flag_values[name].value for name in flag_values}
   check_flags(values)
   devices, num_seeds = values["num_devices"], values["num_seeds"]
@@ -35,6 +36,13 @@ def set_up(flag_values: flags.FlagValues) -> None:
     shared = f" left to the data by {num_seeds} seeds" if data_axis != devices else ""
     raise UserError(f"--batch_size={values['batch_size']} is not divisible by the {data_axis} "
                     f"devices{shared} of --num_devices={devices}")
+  return values
+
+
+def set_up(flag_values: flags.FlagValues) -> None:
+  """Joins the other processes (--num_processes > 1) or, in one process, makes one CPU
+  device per core; bad shared flags raise a one-line `UserError` first (`check`)."""
+  values = check(flag_values)
   distributed.initialize(values["coordinator_address"], values["num_processes"],
                          values["process_id"])
   if values["num_processes"] == 1:
