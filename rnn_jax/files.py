@@ -50,6 +50,27 @@ def cause(error: BaseException) -> str:
   return (text.strip().splitlines() or [type(error).__name__])[0][:200]
 
 
+# Errnos that say the disk refused a write (not that a network or a reader failed).
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG,
+               errno.EACCES, errno.EPERM)
+
+
+def is_disk_error(error: BaseException) -> bool:
+  """An OSError of a refused write (full, read-only, too long, not permitted)."""
+  return isinstance(error, OSError) and error.errno in DISK_ERRNOS
+
+
+def private_temp(path: os.PathLike, suffix: str = ".part"):
+  """(fd, name) of a new temporary file beside `path` with the user's umask (mkstemp's
+  0600 would keep a shared cache private); a failure is a `UserError` line."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  path = Path(path)
+  with writing(path):
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, umask_mode())
+  return fd, name
+
+
 def is_write_error(error: BaseException) -> bool:
   """OSError, or an orbax/tensorstore error that carries an I/O status."""
   if isinstance(error, OSError):

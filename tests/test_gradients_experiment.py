@@ -32,3 +32,38 @@ def test_small_run_writes_the_story(tmp_path):
   for name in ("gradients", "clipping"):
     assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.svg").is_file()
   assert "| simple_rnn_tanh |" in done.stdout
+
+
+def _tree_hash(directory):
+  import hashlib
+  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_runs_are_kept_and_resumed_like_every_experiments(tmp_path):
+  """The same resume semantics as the other experiments (train.plan_runs): a second run is
+  refused without --resume or --overwrite and changes nothing; --resume reuses the
+  finished runs (the diverged one stays diverged) and writes the same story."""
+  def gradients(*flags):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.gradients", "--seq_len=12", "--units=4",
+         "--num_train=160", "--epochs=1", "--clipping_epochs=2", "--parts=profiles,clipping",
+         f"--workdir={tmp_path}", *flags],
+        cwd=runs.REPO, capture_output=True, text=True, timeout=900, env=runs.environment())
+  first = gradients()
+  assert first.returncode == 0, first.stderr[-2000:]
+  story = json.loads((tmp_path / "gradients.json").read_text())
+  runs_before = {d.name: _tree_hash(d) for d in tmp_path.iterdir() if d.is_dir()}
+  refused = gradients()
+  assert refused.returncode == 2
+  assert [l for l in refused.stderr.splitlines() if l.strip()][-1].endswith(
+      "pass --overwrite to replace it or choose another --workdir"), refused.stderr
+  changed = gradients("--resume", "--units=8")
+  assert changed.returncode == 2 and "--units=4 (now --units=8)" in changed.stderr
+  resumed = gradients("--resume")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "finished earlier with the same flags" in resumed.stdout
+  assert {d.name: _tree_hash(d) for d in tmp_path.iterdir() if d.is_dir()} == runs_before
+  again = json.loads((tmp_path / "gradients.json").read_text())
+  assert again["models"] == story["models"]
+  assert again["clipping"]["clipped"] == story["clipping"]["clipped"]

@@ -250,6 +250,57 @@ def test_results_and_summary_write_errors_are_one_line(tmp_path, monkeypatch, co
   assert (tmp_path / "results.json").read_text() == "old"
 
 
+def test_full_disk_at_tensorboard_or_metrics_csv_is_one_line(tmp_path, monkeypatch):
+  """#16's writers go through rnn_jax.files too: no traceback from a writer thread, no
+  temporary file, the previous metrics.csv kept."""
+  from rnn_jax.train import logs
+  run_logs = logs.RunLogs(tmp_path, [0], fresh=True)
+  row = {"epoch": 1, "loss": 1.0, "val_loss": 2.0}
+  run_logs.epoch(1, [row], [[row]])
+  before = (tmp_path / "metrics.csv").read_bytes()
+  monkeypatch.setattr(files.os, "replace", _enospc)
+  with pytest.raises(UserError, match=r"cannot write \S*metrics\.csv: no space left on device$"):
+    run_logs.write_csv([[row, {**row, "epoch": 2}]])
+  assert (tmp_path / "metrics.csv").read_bytes() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "tensorboard"]
+  monkeypatch.undo()
+  monkeypatch.setattr(logs.os, "fsync", _enospc)
+  with pytest.raises(UserError, match=r"cannot write \S*events\.out\.tfevents\.\S*: no space"):
+    run_logs.epoch(2, [{**row, "epoch": 2}], [[row, {**row, "epoch": 2}]])
+  run_logs.close_quietly()
+
+
+def test_plots_in_every_format_go_through_the_helper(tmp_path, monkeypatch):
+  """PNG and its SVG twin (and a PDF through files.save_figure): a failure on the SVG is one
+  line naming it, with no temporary file left."""
+  import matplotlib.figure
+  import matplotlib.pyplot as plt
+  fig = plt.figure()
+  files.save_figure(fig, tmp_path / "figure.pdf")
+  assert (tmp_path / "figure.pdf").read_bytes().startswith(b"%PDF")
+  real = matplotlib.figure.Figure.savefig
+
+  def svg_full(self, path, **kwargs):
+    if str(path).endswith(".svg"):
+      Path(path).write_bytes(b"<svg half")
+      _enospc()
+    return real(self, path, **kwargs)
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", svg_full)
+  with pytest.raises(UserError, match=r"cannot write \S*history\.svg: no space left on device"):
+    plots.history([{"epoch": 1, "loss": 1.0, "val_loss": 1.0}], tmp_path / "history.png")
+  assert sorted(os.listdir(tmp_path)) == ["figure.pdf", "history.png"]
+
+
+def test_downloads_and_extracted_files_follow_the_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    fd, name = files.private_temp(tmp_path / "jena.csv")
+    os.close(fd)
+    assert stat.S_IMODE(os.stat(name).st_mode) == 0o644
+  finally:
+    os.umask(old)
+
+
 def test_read_only_lock_is_one_line(tmp_path, monkeypatch):
   def read_only(*args, **kwargs):
     raise OSError(errno.EROFS, "Read-only file system")

@@ -17,12 +17,12 @@ import logging
 import os
 import pathlib
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Optional, Union
 
+from rnn_jax import files
 from rnn_jax.errors import UserError
 
 PathLike = Union[str, os.PathLike]
@@ -113,9 +113,9 @@ def fetch(url: str, sha256: str, filename: Optional[str] = None,
     raise UserError(f"cannot create the data cache {cache_dir}: {e.strerror or e}") from None
 
   print(f"downloading {url} to {path}", flush=True)  # shown at any verbosity: it can be slow
-  fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".part")
+  fd, tmp_name = files.private_temp(path)
   try:
-    with os.fdopen(fd, "wb") as out:
+    with files.writing(path), os.fdopen(fd, "wb") as out:
       try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
           size, found = _stream_to(response, out, url)
@@ -125,6 +125,8 @@ def fetch(url: str, sha256: str, filename: Optional[str] = None,
         raise UserError(f"truncated download of {url}: got {len(e.partial)} more bytes, "
                         f"{e.expected} missing") from None
       except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        if files.is_disk_error(e):
+          raise
         reason = getattr(e, "reason", None) or e
         hint = f" ({stale})" if stale else ""
         raise UserError(f"could not download {url}: {reason}; put the file at {path}{hint} "
@@ -132,7 +134,8 @@ def fetch(url: str, sha256: str, filename: Optional[str] = None,
     if found != sha256:
       raise UserError(f"checksum mismatch for {url}: got sha256 {found} ({size} bytes), "
                       f"expected {sha256}")
-    os.replace(tmp_name, path)
+    with files.writing(path):
+      os.replace(tmp_name, path)
   finally:
     if os.path.exists(tmp_name):
       os.unlink(tmp_name)

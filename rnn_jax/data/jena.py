@@ -17,13 +17,13 @@ import hashlib
 import logging
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 import zlib
 from typing import Optional
 
+from rnn_jax import files
 from rnn_jax.data import download, timeseries
 from rnn_jax.errors import UserError
 
@@ -113,12 +113,13 @@ def _extract_verified(zip_path: pathlib.Path, csv_path: pathlib.Path) -> None:
     raise UserError(f"{URL} did not hold the canonical {CSV_NAME} (git blob {CSV_GIT_BLOB})")
   with zipfile.ZipFile(zip_path) as archive:
     member = next(i for i in archive.infolist() if i.filename.endswith(CSV_NAME))
-    fd, tmp = tempfile.mkstemp(dir=csv_path.parent, prefix=f".{csv_path.name}.", suffix=".part")
+    fd, tmp = files.private_temp(csv_path)
     try:
-      with os.fdopen(fd, "wb") as out, archive.open(member) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-          out.write(chunk)
-      os.replace(tmp, csv_path)
+      with files.writing(csv_path):
+        with os.fdopen(fd, "wb") as out, archive.open(member) as f:
+          for chunk in iter(lambda: f.read(1 << 20), b""):
+            out.write(chunk)
+        os.replace(tmp, csv_path)
     finally:
       if os.path.exists(tmp):
         os.unlink(tmp)
@@ -133,15 +134,17 @@ def _download(cache_dir: pathlib.Path, timeout: float) -> pathlib.Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create the data cache {cache_dir}: {e.strerror or e}") from None
-  fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{CSV_NAME}.zip.", suffix=".part")
+  fd, tmp = files.private_temp(cache_dir / f"{CSV_NAME}.zip")
   logging.info("downloading %s", URL)
   try:
-    with os.fdopen(fd, "wb") as out:
+    with files.writing(cache_dir / f"{CSV_NAME}.zip"), os.fdopen(fd, "wb") as out:
       try:
         with urllib.request.urlopen(URL, timeout=timeout) as response:
           for chunk in iter(lambda: response.read(1 << 20), b""):
             out.write(chunk)
       except (urllib.error.URLError, OSError) as e:
+        if files.is_disk_error(e):
+          raise
         reason = getattr(e, "reason", None) or e
         raise UserError(f"cannot download {URL} ({reason}); {where}") from None
     _extract_verified(pathlib.Path(tmp), csv_path)
