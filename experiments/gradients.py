@@ -14,7 +14,9 @@
 
 Writes <workdir>/gradients.json, gradients.png and .svg (the figure), clipping.png and
 .svg, and each training run under <workdir>/<model>/. The seeds are fixed by --seed, so
-the figure is the same every run on the same machine.
+the figure is the same every run on the same machine. Its runs are kept and resumed as in
+every experiment: run it again with --resume (finished runs reused, an interrupted one
+continued) or --overwrite (all trained again).
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ import json
 import random
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -280,3 +281,21 @@ def test_ctrl_c_while_starting_exits_130_with_one_line(tmp_path):
     lines = [l for l in err.splitlines() if l.strip()]
     assert lines == ["error: interrupted (Ctrl-C)"], (delay, err)
     assert "Traceback" not in err
+
+
+def test_ctrl_c_while_tokenizing_imdb_exits_130_and_leaves_nothing(tmp_path):
+  """SIGINT during IMDB's tokenization (before any training): one line, exit 130, no
+  workdir and no partial cache file."""
+  from test_imdb import make_archive  # pylint: disable=import-outside-toplevel
+  archive = make_archive(tmp_path / "aclImdb_v1.tar.gz")
+  cache = tmp_path / "cache"
+  done = subprocess.run(
+      [sys.executable, "-m", "experiments.imdb_sentiment", f"--data_path={archive}",
+       "--model=lstm,gru", "--maxlen=20", "--max_features=30", "--units=4",
+       "--embedding_dim=4", "--batch_size=8", "--epochs=1", f"--workdir={tmp_path / 'run'}"],
+      cwd=runs.REPO, capture_output=True, text=True, timeout=300,
+      env=runs.environment("tokenize", "INT", RNN_JAX_DATA_CACHE=str(cache)))
+  assert done.returncode == 130, done.stderr
+  assert [l for l in done.stderr.splitlines() if l.strip()] == ["error: interrupted (Ctrl-C)"]
+  assert not (tmp_path / "run").exists()
+  assert not [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else True
