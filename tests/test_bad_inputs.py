@@ -279,8 +279,9 @@ CASES = {
     "forecast_step_not_dividing": (_jena("good.csv", "--step=5"),
                                    r"--step=5 does not divide --lookback=12"),
     "forecast_negative_delay": (_jena("good.csv", "--delay=-1"), r"--delay=-1 must be at least 0"),
+    # The shared flags are checked before the CSV is read, as in every experiment.
     "forecast_zero_batch": (_jena("good.csv", "--batch_size=0"),
-                            r"--batch_size=0 must be at least 1"),
+                            r"--batch_size must be a positive integer, got 0"),
     "forecast_zero_epochs": (_jena("good.csv", "--model=gru", "--epochs=0"),
                              r"--epochs must be a positive integer, got 0"),
     "forecast_validation_split_1": (_jena("good.csv", "--validation_split=1"),
