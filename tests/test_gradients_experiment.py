@@ -41,6 +41,7 @@ def test_small_run_writes_the_story(tmp_path):
   assert "| simple_rnn_tanh |" in done.stdout
 
 
+@pytest.mark.slow  # trains a GRU: ~40 s
 def test_model_picks_the_figure_s_models_in_order(tmp_path):
   done = _run("--model=gru,simple_rnn_relu_exploding", "--parts=profiles", "--seq_len=12",
               "--units=4", "--num_train=128", "--epochs=1", tmp_path=tmp_path)
