@@ -77,8 +77,8 @@ def main(argv):
         MODELS[model_name](FLAGS.units, activation=FLAGS.activation,
                            reset_after=FLAGS.reset_after, head=FLAGS.head),
         FLAGS.implementation)
-    results[model_name] = train.fit(model, data, loss="mse",
-                                    options=model_options).results
+    results[model_name] = train.fit(model, data, loss="mse", options=model_options,
+                                    preprocessing={"kind": "arrays"}).results
 
   print(f"\nAdding problem, T={FLAGS.seq_len} (predicting the mean: MSE "
         f"{adding.CONSTANT_PREDICTION_MSE:.3f})\n\n| model | test MSE | best epoch | seconds |\n"

@@ -96,6 +96,8 @@ def main(argv):
         f"batches), {len(batches.x_val)} for validation, {len(data.x_test)} for testing; "
         f"model {FLAGS.model}", flush=True)
   train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=options,
+            preprocessing=imdb.preprocessing(data, num_words=FLAGS.max_features,
+                                             maxlen=FLAGS.maxlen),
             extra_results={"data": {"source": FLAGS.data_path or imdb.ACLIMDB_URL,
                                     "train_reviews": len(data.x_train),
                                     "test_reviews": len(data.x_test),

@@ -108,9 +108,10 @@ def from_config(config: Mapping[str, Any]):
 
 def save_model(path: os.PathLike, model, *, input_shape: Sequence[int], input_dtype: str,
                compute_dtype: str = "float32", extra: Optional[Mapping[str, Any]] = None) -> Path:
-  """Writes `model.json` (atomically); raises `NotSerializable` before writing anything."""
+  """Writes `model.json` (atomically); raises `NotSerializable` before writing anything.
+  `model` None writes the record without the architecture."""
   from rnn_jax import checkpoints  # orbax: only when writing
-  record = {"format": FORMAT, "model": to_config(model),
+  record = {"format": FORMAT, "model": None if model is None else to_config(model),
             "input_shape": [int(d) for d in input_shape], "input_dtype": str(input_dtype),
             "compute_dtype": str(compute_dtype), **(extra or {})}
   path = Path(path)
@@ -125,4 +126,4 @@ def load_model(path: os.PathLike) -> tuple[Any, dict]:
   if record.get("format") != FORMAT:
     raise ValueError(f"{path}: not an rnn_jax model file (format {record.get('format')!r}, "
                      f"expected {FORMAT!r})")
-  return from_config(record["model"]), record
+  return (None if record["model"] is None else from_config(record["model"])), record

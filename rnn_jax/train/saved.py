@@ -13,6 +13,7 @@ from rnn_jax import checkpoints, serialize
 
 MODEL_FILE = "model.json"
 PREPROCESSING_FILE = "preprocessing.json"
+VOCABULARY_FILE = "vocabulary.txt"
 
 
 def write_run_files(workdir: Path, model, sample_x, options, preprocessing: Optional[Mapping[str, Any]],
@@ -24,8 +25,16 @@ def write_run_files(workdir: Path, model, sample_x, options, preprocessing: Opti
                          input_dtype=str(sample_x.dtype), compute_dtype=options.compute_dtype,
                          extra={"num_seeds": options.num_seeds})
   except serialize.NotSerializable as e:
-    report(f"note: no {MODEL_FILE} in {workdir}, rnn_jax.load needs the model given in "
-           f"code: {e}")
+    report(f"note: {MODEL_FILE} in {workdir} holds no architecture, so rnn_jax.load needs "
+           f"model=...: {e}")
+    serialize.save_model(Path(workdir) / MODEL_FILE, None, input_shape=sample_x.shape[1:],
+                         input_dtype=str(sample_x.dtype), compute_dtype=options.compute_dtype,
+                         extra={"num_seeds": options.num_seeds, "not_serializable": str(e)})
   if preprocessing is not None:
+    preprocessing = dict(preprocessing)
+    words = preprocessing.pop("vocabulary", None)
+    if words is not None:  # one word a line, rank order: the file vocabulary_file names
+      checkpoints.write_atomic(Path(workdir) / VOCABULARY_FILE, "".join(w + "\n" for w in words))
+      preprocessing["vocabulary_file"] = VOCABULARY_FILE
     checkpoints.write_atomic(Path(workdir) / PREPROCESSING_FILE,
                              json.dumps(preprocessing, indent=2) + "\n")
