@@ -111,7 +111,7 @@ def orthogonal(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
 
 def zeros_carry(batch_size: Union[int, Sequence[int]], units: int, dtype=jnp.float32) -> Array:
   """<dtype>[*batch, units] zeros; `batch_size` an int or a batch shape (() for none)."""
-  shape = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+  shape = tuple(batch_size) if isinstance(batch_size, (tuple, list)) else (batch_size,)
   return jnp.zeros((*shape, units), dtype)
 
 
