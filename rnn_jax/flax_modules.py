@@ -32,6 +32,12 @@ def _param_names(cell, input_size: int, units: int):
   return list(shapes) if isinstance(shapes, dict) else None
 
 
+def _value(variable):
+  """An nnx.Variable's value (`get_value` in newer Flax, `.value` before)."""
+  get = getattr(variable, "get_value", None)
+  return get() if get is not None else variable.value
+
+
 class LinenCell(nn.RNNCellBase):
   """`cell` as a `flax.linen.RNNCellBase`: `(carry, x_t) -> (carry, y_t)` with params
   created by `cell.init` under rnn_jax's names."""
@@ -82,8 +88,8 @@ class NnxCell(nnx.RNNCellBase):
   def cell_params(self):
     """The params as the cell's `step` takes them."""
     if self.param_names is None:
-      return self.params.value
-    return {name: getattr(self, name).value for name in self.param_names}
+      return _value(self.params)
+    return {name: _value(getattr(self, name)) for name in self.param_names}
 
   def __call__(self, carry, inputs):
     return self.cell.step(self.cell_params, carry, inputs)

@@ -208,3 +208,26 @@ def test_adding_run_predicts_arrays_and_bad_runs_are_one_line(tmp_path):
                         "--export=m.jax"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
       f"error: {tmp_path / 'no'}: no such run directory"]
+
+
+# --- the README ----------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_readme_using_a_trained_model_runs(imdb_run, tmp_path, monkeypatch, capsys):
+  import re
+  import shutil
+  tmp, _ = imdb_run
+  shutil.copytree(tmp / "run", tmp_path / "runs" / "imdb_sentiment" / "lstm")
+  monkeypatch.chdir(tmp_path)
+  text = (REPO / "README.md").read_text()
+  section = text.split("## Using a trained model", 1)[1].split("\n## ", 1)[0]
+  blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+  assert len(blocks) == 2
+  namespace = {}
+  for block in blocks:
+    exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0].startswith("(2, 20) [")  # the run's maxlen
+  assert printed[1] == "lstm {'bias': (16,), 'kernel': (4, 16), 'recurrent_kernel': (4, 16)}"
+  assert printed[2] == str(namespace["probabilities"].round(3))
+  assert (tmp_path / "lstm.jax").is_file()
