@@ -231,3 +231,37 @@ def test_readme_using_a_trained_model_runs(imdb_run, tmp_path, monkeypatch, caps
   assert printed[1] == "lstm {'bias': (16,), 'kernel': (4, 16), 'recurrent_kernel': (4, 16)}"
   assert printed[2] == str(namespace["probabilities"].round(3))
   assert (tmp_path / "lstm.jax").is_file()
+
+
+# --- on the real data (by hand: ./run.sh test -m slow tests/test_predict.py) ---------------
+
+SHARED = REPO.parent / "shared" / "data"
+ACLIMDB = SHARED / "aclImdb_v1.tar.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ACLIMDB.is_file(), reason=f"needs {ACLIMDB}")
+def test_real_imdb_run_reloads_on_one_device(tmp_path):
+  _run(["-m", "experiments.imdb_sentiment", f"--data_path={ACLIMDB}", f"--workdir={tmp_path / 'run'}",
+        "--epochs=2"], env={**TWO_DEVICES, "RNN_JAX_DATA_CACHE": str(tmp_path / "cache")},
+       timeout=3600)
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  got = _python(LOAD_IMDB.format(run=str(tmp_path / "run"), archive=str(ACLIMDB),
+                                 inputs=str(tmp_path / "x.npy"), new=NEW_REVIEWS), timeout=3600)
+  assert got["devices"] == 1
+  assert abs(got["loss"] - results["test"]["loss"]) <= 1e-6
+  assert abs(got["accuracy"] - results["test"]["accuracy"]) <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ACLIMDB.is_file(), reason=f"needs {ACLIMDB}")
+def test_bfloat16_lstm_within_a_point_of_float32(tmp_path):
+  """The lecture's IMDB LSTM, 10 epochs, in float32 and with --compute_dtype=bfloat16.
+  Hours on a CPU without bfloat16 arithmetic (docs/performance.md): for accelerators."""
+  accuracy = {}
+  for dtype in ("float32", "bfloat16"):
+    _run(["-m", "experiments.imdb_sentiment", f"--data_path={ACLIMDB}",
+          f"--workdir={tmp_path / dtype}", f"--compute_dtype={dtype}"],
+         env={"RNN_JAX_DATA_CACHE": str(tmp_path / "cache")}, timeout=6 * 3600)
+    accuracy[dtype] = json.loads((tmp_path / dtype / "results.json").read_text())["test"]["accuracy"]
+  assert abs(accuracy["bfloat16"] - accuracy["float32"]) <= 0.01, accuracy
