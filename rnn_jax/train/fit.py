@@ -30,10 +30,10 @@ import numpy as np
 
 from rnn_jax import checkpoints, distributed, optim, plots, precision
 from rnn_jax import metrics as metrics_lib
-from rnn_jax.train import saved as run_files
 from rnn_jax.errors import UserError
 from rnn_jax.train import results as results_lib
 from rnn_jax.train import rundir
+from rnn_jax.train import saved as run_files
 from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions
 from rnn_jax.train.placement import Placement, put
 from rnn_jax.train.step import (TrainState, init_params, init_state, make_eval_step,
