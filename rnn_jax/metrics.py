@@ -139,6 +139,7 @@ def check_names(loss, metrics):
       raise ValueError(f"metric {metric!r} is not one of {METRICS} (or a function)")
   names = [name_of(m) for m in metrics]
   for name in names:
-    if names.count(name) > 1 or name in ("loss", "count", "steps", "first_nonfinite"):
+    if names.count(name) > 1 or name in ("loss", "count", "steps", "first_nonfinite",
+                                         "grad_norm", "clipped"):
       raise ValueError(f"metric name {name!r} is taken: give each metric function its own "
                        "__name__")

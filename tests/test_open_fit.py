@@ -39,7 +39,9 @@ STACKS = [
                        layers.GRU(3, activation="relu", reset_after=False, go_backwards=True),
                        layers.Dropout(0.1), layers.Dense(2, activation=jax.nn.sigmoid)]),
     layers.Sequential([layers.SimpleRNN(3, activation="leaky_relu", return_sequences=True),
-                       layers.MGU(3, reset_gate=False, implementation="scan"),
+                       layers.MGU(3, reset_gate=False, implementation="scan",
+                                  return_sequences=True),
+                       layers.MinGRU(3, return_sequences=True), layers.MinLSTM(2),
                        layers.Maxout(2, pieces=3)]),
     layers.Sequential([layers.Flatten(), layers.Dense(4, activation="relu"), layers.Dense(1)]),
 ]
