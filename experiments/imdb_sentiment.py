@@ -128,6 +128,8 @@ def main(argv):
     train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=model_options,
               model_config={**settings, "maxlen": FLAGS.maxlen,
                             "reversed_reviews": model_name in REVERSED},
+              preprocessing=imdb.preprocessing(data, num_words=FLAGS.max_features,
+                                               maxlen=FLAGS.maxlen),
               extra_results={"data": {"source": FLAGS.data_path or imdb.ACLIMDB_URL,
                                       "train_reviews": len(data.x_train),
                                       "test_reviews": len(data.x_test),
