@@ -172,7 +172,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, capsys):
   result = train.fit(MODEL, _data(val_sign=-1.0), loss="mse",
                      options=_options(tmp_path, epochs=20, early_stopping_patience=2))
   results = json.loads((tmp_path / "results.json").read_text())
-  assert results["early_stopping"] == {"patience": 2, "stopped_epoch": 3, "restored_epoch": 1}
+  assert results["early_stopping"] == {"patience": 2, "stopped_epoch": 3, "restored_epoch": [1]}
   assert len(results["history"]) == 3 and results["best_epoch"] == 1
   assert "early stopping after epoch 3" in capsys.readouterr().out
   # The parameters kept are epoch 1's: the test loss is computed with them.

@@ -322,10 +322,9 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
   return FitResult(results, best_params)
 
 
-def _best_epochs(replicas):
-  """The epoch whose parameters are kept: one number, or one per replica."""
-  epochs = [replica["best_epoch"] for replica in replicas]
-  return epochs[0] if len(epochs) == 1 else epochs
+def _best_epochs(replicas) -> list:
+  """The epochs whose parameters are kept, one per replica (a list, as "best_epoch")."""
+  return [replica["best_epoch"] for replica in replicas]
 
 
 def _of_seed(seeds: Sequence[int], r: int) -> str:
