@@ -389,23 +389,26 @@ def decode(ids: Sequence[int], words: Sequence[str], *, start_char: int = 1,
 
 def preprocessing(data: Imdb, *, num_words: Optional[int], maxlen: Optional[int],
                   start_char: Optional[int] = 1, oov_char: Optional[int] = 2,
-                  index_from: int = 3, padding: str = "pre", truncating: str = "pre") -> dict:
+                  index_from: int = 3, padding: str = "pre", truncating: str = "pre",
+                  reverse: bool = False) -> dict:
   """What turns a review's text into the model's ids as `load` encoded them (for
   preprocessing.json; `encode` applies it). `vocabulary` is every training word in rank
-  order (empty for an `imdb.npz` source, which has no text)."""
+  order (empty for an `imdb.npz` source, which has no text); `reverse` as `load`'s."""
   return {"kind": "imdb", "tokenizer": TOKENIZER_VERSION, "num_words": num_words,
           "maxlen": maxlen, "start_char": start_char, "oov_char": oov_char,
           "index_from": index_from, "padding": padding, "truncating": truncating,
-          "vocabulary_size": len(data.words), "vocabulary": list(data.words)}
+          "reverse": bool(reverse), "vocabulary_size": len(data.words),
+          "vocabulary": list(data.words)}
 
 
 def encode(texts: Sequence[str], words: Sequence[str], *, num_words: Optional[int],
            maxlen: Optional[int], start_char: Optional[int] = 1, oov_char: Optional[int] = 2,
            index_from: int = 3, padding: str = "pre", truncating: str = "pre",
-           **unused) -> np.ndarray:
+           reverse: bool = False, **unused) -> np.ndarray:
   """Review texts -> <int32>[len(texts), maxlen] ids, exactly as `load` encodes a test review:
   `tokenize`, words never seen in training dropped, rank r -> id r + index_from
-  (`oov_char` from `num_words` on), `start_char` first, then `pad_sequences`."""
+  (`oov_char` from `num_words` on), `start_char` first, the whole reversed with
+  `reverse` (the reversed-review LSTM's), then `pad_sequences`."""
   del unused
   rank_of = {word: rank for rank, word in enumerate(words, start=1)}
   if not num_words:
@@ -418,7 +421,7 @@ def encode(texts: Sequence[str], words: Sequence[str], *, num_words: Optional[in
       ids = [i if i < num_words else oov_char for i in ids]
     else:
       ids = [i for i in ids if i < num_words]
-    encoded.append(prefix + ids)
+    encoded.append((prefix + ids)[::-1] if reverse else prefix + ids)
   return pad_sequences(encoded, maxlen, padding=padding, truncating=truncating)
 
 
