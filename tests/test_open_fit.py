@@ -81,6 +81,16 @@ def test_an_unregistered_cell_or_activation_is_named():
     serialize.to_config(layers.Dense(3, activation=lambda x: 2 * x))
 
 
+def test_results_config_and_model_json_agree(tmp_path):
+  """#16's provenance (results.json's config) and #15's model.json: one architecture."""
+  train.fit(MODEL, _data(), loss="mse", options=_options(tmp_path, epochs=1,
+                                                         compute_dtype="bfloat16"))
+  results = json.loads((tmp_path / "results.json").read_text())
+  record = json.loads((tmp_path / "model.json").read_text())
+  assert results["config"]["architecture"] == record["model"] == serialize.to_config(MODEL)
+  assert results["config"]["compute_dtype"] == record["compute_dtype"] == "bfloat16"
+
+
 def test_a_user_cell_run_saves_a_note_and_loads_with_model_given(tmp_path, capsys):
   import types
   import rnn_jax
@@ -173,7 +183,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, capsys):
                      options=_options(tmp_path, epochs=20, early_stopping_patience=2))
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["early_stopping"] == {"patience": 2, "stopped_epoch": 3, "restored_epoch": [1]}
-  assert len(results["history"]) == 3 and results["best_epoch"] == 1
+  assert len(results["history"]) == 3 and results["best_epoch"] == [1]
   assert "early stopping after epoch 3" in capsys.readouterr().out
   # The parameters kept are epoch 1's: the test loss is computed with them.
   assert results["val"]["loss"] == results["history"][0]["val_loss"]
