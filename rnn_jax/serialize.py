@@ -8,9 +8,11 @@ written as {"class": <its name>, <setting>: <value>, ...}. A cell is written by 
 registered name (`rnn_jax.cells.CELLS`) and the settings its factory was called with,
 e.g. {"cell": "gru", "activation": "tanh", "recurrent_activation": "sigmoid",
 "use_bias": true, "reset_after": true}; an activation by its name in
-`rnn_jax.activations`. Anything else (a cell of your own, an activation function without
-a name, a layer class of your own) cannot be rebuilt from data: `to_config` raises
-`NotSerializable` naming it.
+`rnn_jax.activations`. A cell of your own is written by where it lives,
+{"cell": "your.module:name"}, when it is an attribute of an importable module (not
+`__main__`): loading imports that module again. Anything else (a cell made in a script
+or a function, an activation function without a name, a layer class of your own) cannot
+be rebuilt from data: `to_config` raises `NotSerializable` naming it.
 
 `save_model` / `load_model` write and read `model.json`: the config plus what `init`
 needs to rebuild the parameters' shapes (`input_shape` without the batch axis,
@@ -19,8 +21,10 @@ needs to rebuild the parameters' shapes (`input_shape` without the batch axis,
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -47,15 +51,44 @@ def _activation_name(value, where: str):
                         f"rnn_jax.activations ({', '.join(activations.NAMES)}); pass it by name")
 
 
+def _import_path(cell) -> Optional[str]:
+  """"module:attribute" of an importable module (not __main__) that holds `cell` itself."""
+  modules = {getattr(cell, "__module__", None)}
+  for function in ("step", "init", "initial_carry"):
+    modules.add(getattr(getattr(cell, function, None), "__module__", None))
+  for module_name in sorted(m for m in modules if isinstance(m, str)):
+    module = sys.modules.get(module_name)
+    if module is None or module_name == "__main__" or module_name.startswith("rnn_jax."):
+      continue
+    for attribute, value in vars(module).items():
+      if value is cell and not attribute.startswith("_"):
+        return f"{module_name}:{attribute}"
+  return None
+
+
+def _imported_cell(path: str):
+  module_name, attribute = path.split(":", 1)
+  try:
+    return getattr(importlib.import_module(module_name), attribute)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"model config: the cell {path!r} cannot be imported ({e}); make its "
+                     "module importable (e.g. on PYTHONPATH)") from e
+
+
 def cell_config(cell, where: str = "cell") -> dict:
-  """{"cell": name, **settings} of a registered cell."""
+  """{"cell": name, **settings} of a registered cell; {"cell": "module:attribute"} of a
+  cell of your own held by an importable module."""
   name = getattr(cell, "name", None)
   config = getattr(cell, "config", None)
   if name not in cells.CELLS or config is None:
+    path = _import_path(cell)
+    if path is not None:
+      return {"cell": path}
     raise NotSerializable(
         f"{where}: {type(cell).__name__} is not a registered cell (rnn_jax.cells.CELLS: "
-        f"{', '.join(cells.CELLS)}), so the model cannot be rebuilt from model.json; "
-        "rebuild it in code and load the parameters with rnn_jax.load(run, model=...)")
+        f"{', '.join(cells.CELLS)}) nor an attribute of an importable module, so the model "
+        "cannot be rebuilt from model.json; rebuild it in code and load the parameters with "
+        "rnn_jax.load(run, model=...)")
   out = {"cell": name}
   for key, value in config:
     out[key] = _activation_name(value, f"{where}.{key}") if key in _ACTIVATION_SETTINGS else value
@@ -100,6 +133,9 @@ def from_config(config: Mapping[str, Any]):
   if "cell" in config:
     settings = dict(config["cell"])
     cell_name = settings.pop("cell")
+    if ":" in cell_name:
+      config["cell"] = _imported_cell(cell_name)
+      return LAYERS[name](**config)
     if cell_name not in cells.CELLS:
       raise ValueError(f"model config: unknown cell {cell_name!r} (known: {', '.join(cells.CELLS)})")
     config["cell"] = cells.CELLS[cell_name](**settings)

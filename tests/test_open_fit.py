@@ -106,6 +106,49 @@ def test_a_user_cell_run_saves_a_note_and_loads_with_model_given(tmp_path, capsy
   np.testing.assert_allclose(predictor.predict(x), model.apply(result.params, x), atol=1e-6)
 
 
+IND_RNN = """
+import types
+import jax
+import jax.numpy as jnp
+
+def init(key, input_size, units):
+  k_w, k_u = jax.random.split(key)
+  return {"w": jax.random.normal(k_w, (input_size, units)) / jnp.sqrt(input_size),
+          "u": jax.random.uniform(k_u, (units,), minval=-1.0, maxval=1.0),
+          "b": jnp.zeros((units,))}
+
+def initial_carry(batch_size, units, dtype=jnp.float32):
+  return jnp.zeros((batch_size, units), dtype)
+
+def step(params, h, x_t):
+  h = jnp.tanh(x_t @ params["w"] + params["u"] * h + params["b"])
+  return h, h
+
+ind_rnn = types.SimpleNamespace(init=init, initial_carry=initial_carry, step=step)
+"""
+
+
+def test_a_user_cell_in_a_module_is_written_and_loads_back(tmp_path, monkeypatch):
+  import importlib
+  import sys
+  import rnn_jax
+  (tmp_path / "my_cells_for_test.py").write_text(IND_RNN)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  my_cells = importlib.import_module("my_cells_for_test")
+  model = layers.Sequential([layers.RNN(my_cells.ind_rnn, 4, implementation="scan"),
+                             layers.Dense(1)])
+  config = serialize.to_config(model)
+  assert config["layers"][0]["cell"] == {"cell": "my_cells_for_test:ind_rnn"}
+  assert config["layers"][0]["implementation"] == "scan"
+  run = tmp_path / "run"
+  result = train.fit(model, _data(), loss="mse", options=_options(run, epochs=1))
+  del sys.modules["my_cells_for_test"]  # loading imports it again
+  predictor = rnn_jax.load(run)
+  assert serialize.to_config(predictor.model) == config
+  x = _data().x_test
+  np.testing.assert_allclose(predictor.predict(x), model.apply(result.params, x), atol=1e-6)
+
+
 def test_cells_initialize_in_bfloat16():
   for make in cells.CELLS.values():
     params = make().init(jax.random.key(0), 3, 4, jnp.bfloat16)
