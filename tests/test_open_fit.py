@@ -44,6 +44,9 @@ STACKS = [
                        layers.MinGRU(3, return_sequences=True), layers.MinLSTM(2),
                        layers.Maxout(2, pieces=3)]),
     layers.Sequential([layers.Flatten(), layers.Dense(4, activation="relu"), layers.Dense(1)]),
+    layers.Sequential([layers.LSTM(3, implementation="parallel", method="quasi_elk",
+                                   return_sequences=True),
+                       layers.GRU(2, implementation="recompute")]),
 ]
 
 
@@ -58,6 +61,12 @@ def test_config_round_trip_rebuilds_the_same_model(model):
        else np.random.default_rng(0).normal(size=(3, 6, 2)).astype(np.float32))
   params = model.init(jax.random.key(0), x)
   np.testing.assert_array_equal(model.apply(params, x), rebuilt.apply(params, x))
+  import dataclasses
+  for layer, again in zip(model.layers, rebuilt.layers):  # implementation=, method=, ...
+    assert type(again) is type(layer)
+    for field in dataclasses.fields(layer):
+      if field.name not in ("cell", "layer", "backward_layer", "activation"):
+        assert getattr(again, field.name) == getattr(layer, field.name), field.name
 
 
 def test_cell_settings_are_recorded_by_name():
