@@ -94,7 +94,7 @@ NEW_REVIEWS = ["A great film, I loved it!", "Boring and bad. Don't watch it.", "
 @pytest.mark.e2e
 def test_imdb_run_loads_predicts_and_exports(imdb_run, tmp_path):
   tmp, archive = imdb_run
-  run = tmp / "run"
+  run = tmp / "run" / "lstm"  # --workdir is the parent of each --model's run
   assert {"model.json", "preprocessing.json", "vocabulary.txt"} <= set(os.listdir(run))
   results = json.loads((run / "results.json").read_text())
   inputs = tmp_path / "x.npy"
@@ -217,7 +217,7 @@ def test_readme_using_a_trained_model_runs(imdb_run, tmp_path, monkeypatch, caps
   import re
   import shutil
   tmp, _ = imdb_run
-  shutil.copytree(tmp / "run", tmp_path / "runs" / "imdb_sentiment" / "lstm")
+  shutil.copytree(tmp / "run" / "lstm", tmp_path / "runs" / "imdb_sentiment" / "lstm")
   monkeypatch.chdir(tmp_path)
   text = (REPO / "README.md").read_text()
   section = text.split("## Using a trained model", 1)[1].split("\n## ", 1)[0]
@@ -245,8 +245,8 @@ def test_real_imdb_run_reloads_on_one_device(tmp_path):
   _run(["-m", "experiments.imdb_sentiment", f"--data_path={ACLIMDB}", f"--workdir={tmp_path / 'run'}",
         "--epochs=2"], env={**TWO_DEVICES, "RNN_JAX_DATA_CACHE": str(tmp_path / "cache")},
        timeout=3600)
-  results = json.loads((tmp_path / "run" / "results.json").read_text())
-  got = _python(LOAD_IMDB.format(run=str(tmp_path / "run"), archive=str(ACLIMDB),
+  results = json.loads((tmp_path / "run" / "lstm" / "results.json").read_text())
+  got = _python(LOAD_IMDB.format(run=str(tmp_path / "run" / "lstm"), archive=str(ACLIMDB),
                                  inputs=str(tmp_path / "x.npy"), new=NEW_REVIEWS), timeout=3600)
   assert got["devices"] == 1
   assert abs(got["loss"] - results["test"]["loss"]) <= 1e-6
@@ -263,5 +263,6 @@ def test_bfloat16_lstm_within_a_point_of_float32(tmp_path):
     _run(["-m", "experiments.imdb_sentiment", f"--data_path={ACLIMDB}",
           f"--workdir={tmp_path / dtype}", f"--compute_dtype={dtype}"],
          env={"RNN_JAX_DATA_CACHE": str(tmp_path / "cache")}, timeout=6 * 3600)
-    accuracy[dtype] = json.loads((tmp_path / dtype / "results.json").read_text())["test"]["accuracy"]
+    results = json.loads((tmp_path / dtype / "lstm" / "results.json").read_text())
+    accuracy[dtype] = results["test"]["accuracy"]
   assert abs(accuracy["bfloat16"] - accuracy["float32"]) <= 0.01, accuracy
