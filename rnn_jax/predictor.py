@@ -245,6 +245,10 @@ def load(run_dir: PathLike, *, model=None, replica: int = 0) -> Predictor:
   if not run_dir.is_dir():
     raise UserError(f"{run_dir}: no such run directory")
   if not model_file.is_file():
+    runs = sorted(p.parent.name for p in run_dir.glob(f"*/{saved.MODEL_FILE}"))
+    if runs:  # an experiment's --workdir: the parent of one run per --model
+      raise UserError(f"{run_dir} holds the runs {', '.join(runs)}: pass one of them, e.g. "
+                      f"{run_dir / runs[0]}")
     raise UserError(f"{run_dir}: no {saved.MODEL_FILE} (a run of an older rnn_jax, or not "
                     "a run's directory)")
   built, record = serialize.load_model(model_file)

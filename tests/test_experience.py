@@ -142,7 +142,8 @@ def test_summarize_names_each_experiment_s_metrics(root, tmp_path):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_help_shows_the_shared_flags(name, tmp_path):
   proc = _run(f"experiments.{name}", "--help", tmp_path=tmp_path)  # absl exits 1 after help
-  for flag in ("--epochs", "--batch_size", "--workdir", "--model", "--log_every_steps"):
+  for flag in ("--epochs", "--batch_size", "--workdir", "--model", "--log_every_steps",
+               "--lr_schedule", "--warmup_steps", "--early_stopping_patience", "--compute_dtype"):
     assert flag in proc.stdout, flag
   assert "<workdir>/<model>" in proc.stdout
   assert "--models" not in proc.stdout

@@ -152,6 +152,9 @@ def test_a_user_cell_in_a_module_is_written_and_loads_back(tmp_path, monkeypatch
   run = tmp_path / "run"
   result = train.fit(model, _data(), loss="mse", options=_options(run, epochs=1))
   del sys.modules["my_cells_for_test"]  # loading imports it again
+  from rnn_jax.errors import UserError
+  with pytest.raises(UserError, match=r"holds the runs run: pass one of them"):
+    rnn_jax.load(tmp_path)  # the parent (an experiment's --workdir), not a run
   predictor = rnn_jax.load(run)
   assert serialize.to_config(predictor.model) == config
   x = _data().x_test

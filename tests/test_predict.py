@@ -193,6 +193,7 @@ def test_forecast_runs_load_predict_and_export(forecast_runs, tmp_path):
 
 # --- the adding problem, and what a bad --run says ---------------------------------------
 
+@pytest.mark.slow  # ~30 s: kept out of CI's 12 minutes (IMDB and forecasting stay in)
 @pytest.mark.e2e
 def test_adding_run_predicts_arrays_and_bad_runs_are_one_line(tmp_path):
   from training_runs import run
