@@ -33,7 +33,9 @@ _METHODS = flags.DEFINE_list("methods", ["sequential", "quasi_deer", "deer", "el
 _BATCH = flags.DEFINE_integer("batch", 4, "Sequences per batch.")
 _FEATURES = flags.DEFINE_integer("features", 4, "Input features (without --params).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement.")
-_PARAMS = flags.DEFINE_string("params", None, "npz of GRU weights (kernel, recurrent_kernel, bias).")
+_PARAMS = flags.DEFINE_string(
+    "params", None, "GRU weights: an npz (kernel, recurrent_kernel, bias), or a forecasting "
+    "run's directory (<workdir>/gru), whose best checkpoint's first recurrent layer is used.")
 _MAX_MEMORY_GB = flags.DEFINE_float("max_memory_gb", 8.0, "Skip what needs more than this.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks/parallel", "Where the JSON and plot go.")
 
@@ -104,6 +106,30 @@ def _plot(rows, path):
   fig.savefig(path, dpi=120)
 
 
+def _load_params(path: str) -> dict:
+  """{kernel, recurrent_kernel, bias} from an npz or a run directory's best checkpoint
+  (read as host arrays, whatever devices the run was saved on)."""
+  if os.path.isfile(path):
+    with np.load(path) as npz:
+      return {k: jnp.asarray(npz[k]) for k in ("kernel", "recurrent_kernel", "bias")}
+  import orbax.checkpoint as ocp
+  from rnn_jax import checkpoints
+  best = os.path.join(path, "checkpoints", "best")
+  names = checkpoints.committed(best) if os.path.isdir(best) else []
+  if not names:
+    raise app.UsageError(f"--params={path}: neither an npz nor a run directory with a "
+                         "checkpoints/best checkpoint")
+  state = os.path.abspath(os.path.join(best, names[-1], "state"))
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(state)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)  # (orbax versions differ in where they keep it)
+  as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  layers = checkpointer.restore(state, restore_args=as_numpy)["params"]
+  gru = next(layer for layer in layers if "recurrent_kernel" in layer)
+  return {k: jnp.asarray(gru[k]) for k in ("kernel", "recurrent_kernel", "bias")}
+
+
 def _device():
   device = jax.devices()[0]
   return f"{device.platform}: {device.device_kind}"
@@ -114,8 +140,7 @@ def main(argv):
   key = jax.random.PRNGKey(0)
   given = None
   if _PARAMS.value:
-    with np.load(_PARAMS.value) as npz:
-      given = {k: jnp.asarray(npz[k]) for k in ("kernel", "recurrent_kernel", "bias")}
+    given = _load_params(_PARAMS.value)
   rows = []
   for length in map(int, _LENGTHS.value):
     for units in ([given["recurrent_kernel"].shape[0]] if given else map(int, _UNITS.value)):

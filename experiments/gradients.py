@@ -41,6 +41,9 @@ flags.DEFINE_float("clipping_scale", 1.05, "The clipping runs' relu RNN: recurre
                    "this times I.")
 flags.DEFINE_float("clipping_learning_rate", 0.05, "SGD's learning rate in the clipping runs.")
 flags.DEFINE_integer("clipping_epochs", 10, "Epochs of each clipping run.")
+MODELS = ("simple_rnn_tanh", "simple_rnn_relu_exploding", "lstm", "gru")
+flags.DEFINE_list("model", list(MODELS), f"Models of the gradient figure, in order, from "
+                  f"{list(MODELS)}; each trained one's run goes to <workdir>/<model>.")
 flags.DEFINE_list("parts", ["profiles", "clipping"], "What to run: profiles, clipping.")
 FLAGS = train.define_flags(epochs=10, batch_size=64, optimizer="adam", learning_rate=1e-2,
                            validation_split=0.2)
@@ -63,6 +66,23 @@ def configurations(units: int, scale: float) -> dict:
           "simple_rnn_relu_exploding": _scaled_recurrent_kernel(cells.simple_rnn("relu"), scale),
           "lstm": cells.lstm(),
           "gru": cells.gru()}
+
+
+def _check_models(models: list, parts: list) -> None:
+  """--model and --parts as one `error:` line each, before any work."""
+  unknown = [p for p in parts if p not in ("profiles", "clipping")]
+  if unknown or not parts:
+    raise errors.UserError(f"--parts: choose from profiles, clipping (got {','.join(parts)!r})")
+  if "profiles" not in parts:
+    return
+  if not models:
+    raise errors.UserError(f"--model is empty: name one or more of {', '.join(MODELS)}")
+  for name in models:
+    if name not in MODELS:
+      raise errors.UserError(f"--model: unknown model {name!r}; choose from {', '.join(MODELS)}")
+  repeated = sorted({m for m in models if models.count(m) > 1})
+  if repeated:
+    raise errors.UserError(f"--model names {', '.join(repeated)} more than once")
 
 
 def _model(cell, units):
@@ -118,6 +138,7 @@ def main(argv):
   for name in ("seq_len", "units", "num_train", "clipping_seq_len", "clipping_epochs"):
     if FLAGS[name].value < 2:
       raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
+  _check_models(FLAGS.model, FLAGS.parts)
   train.set_up(FLAGS)
   root = Path(FLAGS.workdir or os.path.join("runs", "gradients"))
   data = adding.batches(seq_len=FLAGS.seq_len, num_train=FLAGS.num_train, num_test=500,
@@ -126,7 +147,9 @@ def main(argv):
   x, y = jnp.asarray(x), jnp.asarray(y)
   report = {"seq_len": FLAGS.seq_len, "units": FLAGS.units, "seed": FLAGS.seed,
             "explode_scale": FLAGS.explode_scale, "models": {}}
-  profiled = configurations(FLAGS.units, FLAGS.explode_scale) if "profiles" in FLAGS.parts else {}
+  cells_by_name = configurations(FLAGS.units, FLAGS.explode_scale)
+  profiled = ({name: cells_by_name[name] for name in FLAGS.model}
+              if "profiles" in FLAGS.parts else {})
   for name, cell in profiled.items():
     model = _model(cell, FLAGS.units)
     init_params = model.init(jax.random.key(FLAGS.seed), x)

@@ -380,21 +380,25 @@ def _linear_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask
                      "no recurrent weights to drop")
   x, initial_carry = _whole_sequence_inputs(cell, inputs, units, initial_carry, dropout,
                                             training, key)
+  # Time first from here: the coefficients of x_t alone take any leading axes, and the
+  # loop then reads whole [batch, units] slices (docs/performance.md, minGRU's forms).
+  x = jnp.swapaxes(x, 0, 1)
+  mask = None if mask is None else jnp.swapaxes(mask, 0, 1).astype(bool)
   if go_backwards:
-    x, mask = x[:, ::-1], None if mask is None else mask[:, ::-1]
-  mask = None if mask is None else mask.astype(bool)
+    x, mask = x[::-1], None if mask is None else mask[::-1]
   log_space = implementation == "associative"
   a, b = linear_of(cell).coefficients(params, x, log_space=log_space)
   hs = linear_scan.linear_recurrence(a, b, initial_carry, mask=mask, log_space=log_space,
-                                     method="associative" if log_space else "sequential")
-  final = hs[:, -1]
+                                     method="associative" if log_space else "sequential",
+                                     time_major=True)
+  final = hs[-1]
   if return_sequences:
     if mask is not None and zero_output_for_mask:
       hs = jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
-    return hs, final
+    return jnp.swapaxes(hs, 0, 1), final
   last = final
   if mask is not None and zero_output_for_mask:
-    last = jnp.where(mask[:, -1:], last, jnp.zeros_like(last))
+    last = jnp.where(mask[-1][:, None], last, jnp.zeros_like(last))
   return last, final
 
 

@@ -82,3 +82,25 @@ def test_every_framework_times_a_step():
     unsupported = record.get("unsupported", "")
     assert ("median_step_s" in record or "not installed" in unsupported
             or record["framework"] == "jax_cudnn" and "GPU" in unsupported), record
+
+
+def test_parallel_benchmark_reports_iterations_and_reads_a_runs_weights(tmp_path):
+  """benchmarks.parallel on a tiny grid: the table, its JSON and plot; `--params` read
+  from a run directory's best checkpoint (as fit saves it: params per layer)."""
+  import jax
+  from rnn_jax import cells, checkpoints
+  gru = cells.gru().init(jax.random.PRNGKey(0), 3, 5)
+  state = {"params": [{k: np.asarray(v) * 1.5 for k, v in gru.items()},
+                      {"kernel": np.ones((5, 1), np.float32), "bias": np.zeros(1, np.float32)}]}
+  checkpoints.save(tmp_path / "gru" / "checkpoints" / "best", "epoch000001", state, {})
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.parallel", "--lengths=30", "--repeats=1",
+       "--methods=sequential,deer", f"--params={tmp_path / 'gru'}",
+       f"--out={tmp_path / 'out'}"], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| 30 |")]
+  assert len(rows) == 2 and all("| 5 |" in row for row in rows), proc.stdout
+  deer = next(row for row in rows if "| deer |" in row)
+  assert int(deer.split("|")[6]) >= 1 and "True" in deer
+  assert (tmp_path / "out" / "parallel.json").exists()
+  assert (tmp_path / "out" / "parallel.png").stat().st_size > 0

@@ -8,9 +8,16 @@ import pytest
 
 import training_runs as runs
 
-pytestmark = pytest.mark.slow  # trains four models and two clipping runs: ~1 min
+pytestmark = pytest.mark.e2e
 
 
+def _run(*flags, tmp_path):
+  return subprocess.run([sys.executable, "-m", "experiments.gradients", *flags,
+                         f"--workdir={tmp_path}"], cwd=runs.REPO, capture_output=True,
+                        text=True, timeout=900, env=runs.environment())
+
+
+@pytest.mark.slow  # trains four models and two clipping runs: ~1 min
 def test_small_run_writes_the_story(tmp_path):
   done = subprocess.run(
       [sys.executable, "-m", "experiments.gradients", "--seq_len=40", "--units=8",
@@ -32,3 +39,26 @@ def test_small_run_writes_the_story(tmp_path):
   for name in ("gradients", "clipping"):
     assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.svg").is_file()
   assert "| simple_rnn_tanh |" in done.stdout
+
+
+@pytest.mark.slow  # trains a GRU: ~40 s
+def test_model_picks_the_figure_s_models_in_order(tmp_path):
+  done = _run("--model=gru,simple_rnn_relu_exploding", "--parts=profiles", "--seq_len=12",
+              "--units=4", "--num_train=128", "--epochs=1", tmp_path=tmp_path)
+  assert done.returncode == 0, done.stderr[-2000:]
+  models = json.loads((tmp_path / "gradients.json").read_text())["models"]
+  assert list(models) == ["gru", "simple_rnn_relu_exploding"]
+  assert (tmp_path / "gru" / "results.json").is_file() and not (tmp_path / "lstm").exists()
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--model=gru,rnn", "--model: unknown model 'rnn'"),
+    ("--model=", "--model is empty"),
+    ("--model=lstm,lstm", "--model names lstm more than once"),
+    ("--parts=profile", "--parts: choose from profiles, clipping")])
+def test_bad_models_are_one_line_before_any_work(tmp_path, flag, message):
+  done = _run(flag, tmp_path=tmp_path)
+  lines = done.stderr.strip().splitlines()
+  assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+  assert message in lines[0]
+  assert not any(tmp_path.iterdir())

@@ -53,7 +53,19 @@ def _parallel(method, log_space):
   return run
 
 
+def _time_major(method, log_space):
+  """The unroll's layout: the coefficients of time-first inputs, time-first states."""
+  def run(cell, params, xs, h0, mask=None, reverse=False):
+    a, b = cell.coefficients(params, jnp.swapaxes(xs, 0, 1), log_space=log_space)
+    mask = None if mask is None else jnp.swapaxes(mask, 0, 1)
+    return jnp.swapaxes(linear_recurrence(a, b, h0, mask=mask, reverse=reverse, method=method,
+                                          log_space=log_space, time_major=True), 0, 1)
+  return run
+
+
 RUNS = {"associative": _parallel("associative", False),
+        "time_major_sequential": _time_major("sequential", False),
+        "time_major_log_associative": _time_major("associative", True),
         "sequential": _parallel("sequential", False),
         "log_associative": _parallel("associative", True),
         "log_sequential": _parallel("sequential", True)}

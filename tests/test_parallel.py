@@ -1,7 +1,8 @@
 """rnn_jax.parallel: Newton's method over time (DEER, ELK) against the sequential scan.
 
-Two kinds of weights:
+Three kinds of weights:
   * "init": the cell's own initializer (Glorot / orthogonal, zero biases).
+  * "trained": 300 Adam steps on a memory task (`_trained`), in the slow checks.
   * "trained-like": the kernels doubled (the recurrent kernel's singular values all 2)
     and biases drawn from normal * 0.5. Trained RNNs move from their init in this way:
     larger recurrent weights, saturated gates, long memory, which is what makes Newton
@@ -15,6 +16,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from rnn_jax import cells, parallel
@@ -28,7 +30,39 @@ CELLS = {
 }
 
 
+_TRAINED = {}
+
+
+def _trained(cell, key):
+  """The cell trained by 300 Adam steps on a memory task (output 0 at step t reads input 0
+  of step t - 5, length 40): weights that training moved, with long memory. Cached per
+  cell name."""
+  name = getattr(cell, "name", type(cell).__name__)
+  if name not in _TRAINED:
+    params = cell.init(key, INPUT, UNITS)
+    optimizer = optax.adam(1e-2)
+
+    def loss(params, xs):
+      _, ys = _sequential(cell.step, params, cell.initial_carry(16, UNITS), xs)
+      return jnp.mean(jnp.square(ys[5:, :, 0] - xs[:-5, :, 0]))
+
+    @jax.jit
+    def train(params):
+      def update(state, key):
+        params, opt_state = state
+        grads = jax.grad(loss)(params, jax.random.normal(key, (40, 16, INPUT)))
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return (optax.apply_updates(params, updates), opt_state), None
+      keys = jax.random.split(jax.random.PRNGKey(7), 300)
+      return jax.lax.scan(update, (params, optimizer.init(params)), keys)[0][0]
+
+    _TRAINED[name] = train(params)
+  return _TRAINED[name]
+
+
 def _params(cell, weights, key=jax.random.PRNGKey(0)):
+  if weights == "trained":
+    return _trained(cell, key)
   params = cell.init(key, INPUT, UNITS)
   if weights == "init":
     return params
@@ -85,11 +119,21 @@ def test_values_equal_sequential_trained_like_t1000(name, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
-@pytest.mark.parametrize("weights", ["init", "trained-like"])
+@pytest.mark.parametrize("weights", ["init", "trained-like", "trained"])
 @pytest.mark.parametrize("method", ["deer", "quasi_deer"])
-def test_values_equal_sequential_t10000(name, weights, method):
-  """ELK at T=10,000 is left out: full-matrix Kalman scans compile for minutes on CPU."""
-  _check_values(CELLS[name](), weights, 10_000, method)
+@pytest.mark.parametrize("time", [100, 1000, 10_000])
+def test_values_and_gradients_equal_sequential(name, weights, method, time):
+  """Outputs and final carry to 1e-4, gradients to 1e-3 (relative), T up to 10,000."""
+  _check_values(CELLS[name](), weights, time, method)
+  _check_gradients(CELLS[name](), weights, time, method)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("method", ["elk", "quasi_elk"])
+def test_elk_values_and_gradients_equal_sequential_t10000(name, method):
+  _check_values(CELLS[name](), "trained", 10_000, method)
+  _check_gradients(CELLS[name](), "trained", 10_000, method)
 
 
 def test_deer_converges_within_time_steps_far_from_the_solution():
@@ -113,13 +157,8 @@ def _sum_loss(outputs, final_carry):
       jnp.sum(jnp.square(c)) for c in jax.tree_util.tree_leaves(final_carry))
 
 
-@pytest.mark.parametrize("name,method", [
-    ("gru", "deer"), ("lstm", "quasi_deer"), ("simple_rnn", "deer"),
-    pytest.param("gru", "elk", marks=pytest.mark.slow),
-    pytest.param("lstm", "quasi_elk", marks=pytest.mark.slow)])
-def test_gradients_equal_autodiff_of_the_scan(name, method):
-  cell = CELLS[name]()
-  params, carry, xs = _problem(cell, "trained-like", 60)
+def _check_gradients(cell, weights, time, method):
+  params, carry, xs = _problem(cell, weights, time)
 
   def parallel_loss(params, carry, xs):
     sol = parallel.evaluate(cell.step, params, carry, xs, method=method)
@@ -130,9 +169,17 @@ def test_gradients_equal_autodiff_of_the_scan(name, method):
     return _sum_loss(outputs, final)
 
   got = jax.jit(jax.grad(parallel_loss, argnums=(0, 1, 2)))(params, carry, xs)
-  want = jax.grad(sequential_loss, argnums=(0, 1, 2))(params, carry, xs)
+  want = jax.jit(jax.grad(sequential_loss, argnums=(0, 1, 2)))(params, carry, xs)
   for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     assert _rel_err(g, w) < 1e-3
+
+
+@pytest.mark.parametrize("name,method", [
+    ("gru", "deer"), ("lstm", "quasi_deer"), ("simple_rnn", "deer"),
+    pytest.param("gru", "elk", marks=pytest.mark.slow),
+    pytest.param("lstm", "quasi_elk", marks=pytest.mark.slow)])
+def test_gradients_equal_autodiff_of_the_scan(name, method):
+  _check_gradients(CELLS[name](), "trained-like", 60, method)
 
 
 def test_any_cell_with_a_pytree_carry_and_its_own_outputs():

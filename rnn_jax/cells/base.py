@@ -64,6 +64,9 @@ class Linear(NamedTuple):
 
     coefficients(params, xs <[batch, time, features]>, log_space=False) -> (a, b)
     <[batch, time, units]>, or (log a, log b) with `log_space` (then b > 0).
+
+  Since a_t, b_t depend on x_t alone, `coefficients` takes any leading axes: the unroll
+  calls it on time-first inputs <[time, batch, features]>.
   """
   coefficients: Callable[..., tuple[Array, Array]]
 

@@ -93,8 +93,15 @@ def _initial_carry(batch_size, units, dtype=jnp.float32):
 
 
 def _gates(params, x, num_gates):
-  """x @ kernel + bias, split into `num_gates` arrays <float32>[..., units]."""
-  return jnp.split(x @ params["kernel"] + params["bias"], num_gates, axis=-1)
+  """x @ kernel + bias, split into `num_gates` arrays <float32>[..., units].
+
+  One matmul per gate, over the kernel's columns for that gate: on CPU, elementwise code
+  that reads column slices of one [..., G*units] product is several times slower than
+  code that reads whole arrays (docs/performance.md, "minGRU's whole-sequence form").
+  """
+  kernels = jnp.split(params["kernel"], num_gates, axis=-1)
+  biases = jnp.split(params["bias"], num_gates, axis=-1)
+  return [x @ k + b for k, b in zip(kernels, biases)]
 
 
 def min_gru() -> MinCell:
