@@ -5,7 +5,8 @@
   python -m benchmarks.run --accelerator    # every layout and the accelerator peers
 
 rnn_jax is `rnn_jax` (the platform's default implementation) and, per implementation,
-`rnn_jax_per_gate`, `rnn_jax_fused`, `rnn_jax_scan` (see rnn_jax.recurrent).
+`rnn_jax_per_gate`, `rnn_jax_fused`, `rnn_jax_scan` (see rnn_jax.recurrent); `rnn_jax_bf16` is
+`rnn_jax` with `--compute_dtype=bfloat16` (mixed precision, rnn_jax.precision).
 --accelerator times the steps of every task for every rnn_jax implementation, Flax,
 PyTorch (cuDNN on a GPU) and jax.experimental.rnn's cuDNN LSTM, one round, on whatever
 device JAX and PyTorch find: the GPU table of docs/performance.md, in a few minutes.
@@ -42,7 +43,7 @@ from rnn_jax import errors
 from rnn_jax.errors import UserError
 
 IMPLEMENTATIONS = ("rnn_jax_per_gate", "rnn_jax_fused", "rnn_jax_scan")
-FRAMEWORKS = ("rnn_jax", "rnn_jax_one_device", *IMPLEMENTATIONS, "flax", "keras_jax", "torch",
+FRAMEWORKS = ("rnn_jax", "rnn_jax_one_device", *IMPLEMENTATIONS, "rnn_jax_bf16", "flax", "keras_jax", "torch",
               "keras_tf", "jax_cudnn")
 ACCELERATOR_FRAMEWORKS = ("rnn_jax", *IMPLEMENTATIONS, "flax", "torch", "jax_cudnn")
 SECTIONS = ("steps", "sampler", "epoch")
@@ -82,6 +83,9 @@ def _peer(framework: str):
     from benchmarks.peers import jax_cudnn
     return jax_cudnn
   from benchmarks.peers import ours
+  if framework == "rnn_jax_bf16":  # fit's --compute_dtype=bfloat16
+    return types.SimpleNamespace(train_step=functools.partial(ours.train_step,
+                                                              compute_dtype="bfloat16"))
   if framework == "rnn_jax_one_device":
     return types.SimpleNamespace(train_step=functools.partial(ours.train_step, num_devices=1))
   if framework in IMPLEMENTATIONS:

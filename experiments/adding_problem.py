@@ -89,7 +89,8 @@ def main(argv):
                       "activation": FLAGS.activation, "reset_after": FLAGS.reset_after,
                       "head": FLAGS.head},
         extra_results={"data": {"seq_len": FLAGS.seq_len, "num_train": FLAGS.num_train,
-                                "num_test": FLAGS.num_test, "seed": data_seed}}).results
+                                "num_test": FLAGS.num_test, "seed": data_seed}},
+        preprocessing={"kind": "arrays"}).results
 
   print(f"\nAdding problem, T={FLAGS.seq_len} (predicting the mean: MSE "
         f"{adding.CONSTANT_PREDICTION_MSE:.3f})\n\n| model | test MSE | best epoch | seconds |\n"

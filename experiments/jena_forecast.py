@@ -165,6 +165,7 @@ class Problem:
   norm: timeseries.Normalization
   split: timeseries.Split
   unit: str
+  allow_irregular_time: bool = False
 
   @property
   def target_std(self) -> float:
@@ -224,6 +225,19 @@ class Problem:
             "val_steps": batches.val_steps, "test_steps": batches.test_steps}
 
 
+  def preprocessing(self, batches: windows.WindowBatches) -> dict:
+    """preprocessing.json: how a CSV or DataFrame becomes this run's windows
+    (`rnn_jax.predictor.ForecastPreprocessing` reads it)."""
+    return {"kind": "forecast", "target": self.series.target, "target_unit": self.unit,
+            "columns": list(self.series.columns), "mean": self.norm.mean.tolist(),
+            "std": self.norm.std.tolist(), "lookback": batches.lookback, "step": batches.step,
+            "delay": batches.delay, "reverse": batches.reverse,
+            "time_column": None if FLAGS.time_columns else (FLAGS.time_column or None),
+            "time_columns": list(FLAGS.time_columns) if FLAGS.time_columns else None,
+            "time_format": FLAGS.time_format, "fill_missing": FLAGS.fill_missing,
+            "allow_irregular_time": self.allow_irregular_time}
+
+
 def _unit_of(column: str) -> str:
   found = re.search(r"\(([^()]+)\)\s*$", column)
   return found.group(1) if found else re.sub(r"\W+", "_", column).strip("_") or "unit"
@@ -255,7 +269,8 @@ def load_problem() -> Problem:
   stem = re.sub(r"\W+", "_", pathlib.Path(path).name.split(".")[0])
   return Problem(experiment="jena_forecast" if is_jena else f"forecast_{stem}",
                  series=series, norm=norm, split=split,
-                 unit=FLAGS.target_unit or _unit_of(FLAGS.target))
+                 unit=FLAGS.target_unit or _unit_of(FLAGS.target),
+                 allow_irregular_time=allow_irregular)
 
 
 def naive_apply(target_index: int) -> Callable:
@@ -376,7 +391,8 @@ def run_model(problem: Problem, plan: Plan) -> dict:
                        extra_results=problem.extra_results(batches),
                        model_config={"units": FLAGS.units, "dropout": dropout,
                                      "recurrent_dropout": recurrent_dropout,
-                                     "reverse": spec.reverse})
+                                     "reverse": spec.reverse},
+                       preprocessing=problem.preprocessing(batches))
     results, params = fitted.results, fitted.params
     apply_fn = lambda p, x: model.apply(p, x, training=False)
     if options.num_seeds > 1:  # params stacked over replicas: plot their mean forecast

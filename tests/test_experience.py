@@ -78,7 +78,10 @@ def test_results_say_how_they_were_made(root):
   assert results["flags"]["dropout"] is None  # the flag was not given ...
   assert (config["dropout"], config["recurrent_dropout"]) == (0.2, 0.2)  # ... the model's
   (gru, _) = config["architecture"]["layers"]
-  assert (gru["cell"], gru["dropout"], gru["recurrent_dropout"]) == ("gru", 0.2, 0.2)
+  assert (gru["cell"]["cell"], gru["dropout"], gru["recurrent_dropout"]) == ("gru", 0.2, 0.2)
+  model_json = json.loads((root / "jena_forecast" / "gru_dropout" / "model.json").read_text())
+  assert model_json["model"] == config["architecture"]  # one record, not two that differ
+  assert model_json["compute_dtype"] == config["compute_dtype"]
   assert config["steps_per_epoch"] == 500 and config["loss"] == "mae"
   assert len(results["history"]) == 1 and config["epochs"] == 1
   provenance = results["provenance"]
@@ -139,7 +142,8 @@ def test_summarize_names_each_experiment_s_metrics(root, tmp_path):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_help_shows_the_shared_flags(name, tmp_path):
   proc = _run(f"experiments.{name}", "--help", tmp_path=tmp_path)  # absl exits 1 after help
-  for flag in ("--epochs", "--batch_size", "--workdir", "--model", "--log_every_steps"):
+  for flag in ("--epochs", "--batch_size", "--workdir", "--model", "--log_every_steps",
+               "--lr_schedule", "--warmup_steps", "--early_stopping_patience", "--compute_dtype"):
     assert flag in proc.stdout, flag
   assert "<workdir>/<model>" in proc.stdout
   assert "--models" not in proc.stdout

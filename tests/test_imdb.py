@@ -149,6 +149,20 @@ def test_archive_end_to_end(tmp_path):
   assert short[0].tolist() == [0, 0, 0, 1, 4, 8]  # padded at the front
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_encode_is_load_from_the_texts(tmp_path, reverse):
+  """rnn_jax.load's encoding of raw review texts (what preprocessing.json records, the
+  reversed-review LSTM's reversal included) gives exactly `load`'s test rows."""
+  archive = make_archive(tmp_path / "aclImdb_v1.tar.gz")
+  settings = dict(num_words=9, maxlen=6)
+  data = imdb.load(archive, cache_dir=tmp_path / "cache", reverse=reverse, **settings)
+  prep = imdb.preprocessing(data, reverse=reverse, **settings)
+  assert prep["reverse"] is reverse
+  texts = [text for label in ("pos", "neg") for text in REVIEWS["test", label]]
+  encoded = imdb.encode(texts, prep.pop("vocabulary"), **prep)
+  assert sorted(map(tuple, encoded.tolist())) == sorted(map(tuple, data.x_test.tolist()))
+
+
 def test_archive_order_does_not_matter(tmp_path):
   a = imdb.load(make_archive(tmp_path / "a.tar.gz"), maxlen=10, cache_dir=tmp_path / "c")
   scrambled = {key: texts for key, texts in reversed(REVIEWS.items())}

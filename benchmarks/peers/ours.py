@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from benchmarks.tasks import BATCH, LEARNING_RATE, Task, layer_stack
-from rnn_jax import layers, optim, train
+from rnn_jax import layers, optim, precision, train
 
 _LOSSES = {"mae": "mae", "bce": "bce_logits"}
 
@@ -27,12 +27,15 @@ def model(task: Task, implementation: str = "auto") -> layers.Sequential:
   return layers.Sequential(stack)
 
 
-def make_step_fn(task: Task, num_devices: Optional[int] = None, implementation: str = "auto"):
-  """(net, init_state(x) -> state, step(state, x, y) -> (state, loss sum), put(x, y))."""
+def make_step_fn(task: Task, num_devices: Optional[int] = None, implementation: str = "auto",
+                 compute_dtype: str = "float32"):
+  """(net, init_state(x) -> state, step(state, x, y) -> (state, loss sum), put(x, y)).
+
+  compute_dtype="bfloat16" is `fit`'s --compute_dtype=bfloat16 (rnn_jax.precision)."""
   if num_devices != 1:
     train.cpu_devices_per_core(1, BATCH)  # as the experiments do, before JAX computes
   placement = train.Placement.make(num_devices, BATCH)
-  net = model(task, implementation)
+  net = precision.with_compute_dtype(model(task, implementation), compute_dtype)
   optimizer = optim.keras_rmsprop(LEARNING_RATE)
   loss = _LOSSES[task.loss]
   step_fn = train.make_train_step(net, optimizer, loss, (), placement)
@@ -52,8 +55,8 @@ def make_step_fn(task: Task, num_devices: Optional[int] = None, implementation: 
 
 
 def train_step(task: Task, x, y, num_devices: Optional[int] = None,
-               implementation: str = "auto"):
-  _, init_state, step, put = make_step_fn(task, num_devices, implementation)
+               implementation: str = "auto", compute_dtype: str = "float32"):
+  _, init_state, step, put = make_step_fn(task, num_devices, implementation, compute_dtype)
   x, y = put(x, y)
   state = {"state": init_state(x), "loss_sum": 0.0}
 

@@ -77,6 +77,9 @@ class GatedCell(NamedTuple):
   init: Callable[..., Params]
   initial_carry: Callable[..., Carry]
   gates: Gates
+  # The factory's settings, ((name, value), ...): with `name`, what rebuilds the cell
+  # (`cells.CELLS[name](**dict(config))`, rnn_jax.serialize).
+  config: tuple = ()
 
   def step(self, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
     """(params, carry, <float32>[..., input]) -> (carry, <float32>[..., units])."""
@@ -93,19 +96,25 @@ def fused_matmuls(v: Array, kernel: Array, first_gate: int = 0) -> list:
 
 # ----------------------------------------------------------------------------- helpers
 
+def _in_float32(initializer, key: Array, shape: Sequence[int], dtype) -> Array:
+  """`initializer` drawn in float32 and cast: the same values for any `dtype` (bfloat16
+  too, which the QR of `orthogonal` does not take)."""
+  return initializer(key, shape, jnp.float32).astype(dtype)
+
+
 def glorot_uniform(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
   """Keras's default kernel initializer, fans taken over the whole fused matrix."""
-  return jax.nn.initializers.glorot_uniform()(key, shape, dtype)
+  return _in_float32(jax.nn.initializers.glorot_uniform(), key, shape, dtype)
 
 
 def orthogonal(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
   """Keras's default recurrent initializer: orthogonal rows of the [units, G*units] matrix."""
-  return jax.nn.initializers.orthogonal()(key, shape, dtype)
+  return _in_float32(jax.nn.initializers.orthogonal(), key, shape, dtype)
 
 
 def zeros_carry(batch_size: Union[int, Sequence[int]], units: int, dtype=jnp.float32) -> Array:
   """<dtype>[*batch, units] zeros; `batch_size` an int or a batch shape (() for none)."""
-  shape = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+  shape = tuple(batch_size) if isinstance(batch_size, (tuple, list)) else (batch_size,)
   return jnp.zeros((*shape, units), dtype)
 
 

@@ -53,5 +53,7 @@ def gru(activation: Union[str, Callable] = "tanh",
     h = z * h + (1.0 - z) * candidate
     return h, h
 
+  config = (("activation", activation), ("recurrent_activation", recurrent_activation),
+            ("use_bias", use_bias), ("reset_after", reset_after))
   return GatedCell("gru", init, zeros_carry,
-                   Gates(3, input_projection, recurrence, lambda h: h))
+                   Gates(3, input_projection, recurrence, lambda h: h), config)

@@ -37,5 +37,7 @@ def lstm(activation: Union[str, Callable] = "tanh",
     h = gate(o) * act(c)
     return (h, c), h
 
+  config = (("activation", activation), ("recurrent_activation", recurrent_activation),
+            ("use_bias", use_bias), ("unit_forget_bias", unit_forget_bias))
   return GatedCell("lstm", init, initial_carry,
-                   Gates(4, input_projection, recurrence, lambda carry: carry[0]))
+                   Gates(4, input_projection, recurrence, lambda carry: carry[0]), config)

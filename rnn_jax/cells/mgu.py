@@ -24,6 +24,11 @@ class MGU(NamedTuple):
   activation: Callable = jnp.tanh
   recurrent_activation: Callable = jax.nn.sigmoid
   reset_gate: bool = True
+  config: tuple = ()  # the factory's settings (see `GatedCell.config`)
+
+  @property
+  def name(self) -> str:
+    return "mgu"
 
   def init(self, key, input_size, units, dtype=jnp.float32):
     k_kernel, k_recurrent = jax.random.split(key)
@@ -49,4 +54,6 @@ class MGU(NamedTuple):
 
 def mgu(activation: Union[str, Callable] = "tanh",
         recurrent_activation: Union[str, Callable] = "sigmoid", reset_gate: bool = True) -> MGU:
-  return MGU(activations.get(activation), activations.get(recurrent_activation), reset_gate)
+  return MGU(activations.get(activation), activations.get(recurrent_activation), reset_gate,
+             (("activation", activation), ("recurrent_activation", recurrent_activation),
+              ("reset_gate", reset_gate)))

@@ -48,7 +48,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.base import Linear
+from rnn_jax.cells.base import Linear, glorot_uniform
 
 Array = jax.Array
 
@@ -61,6 +61,7 @@ class MinCell(NamedTuple):
   initial_carry: Callable[..., Array]
   step: Callable[..., tuple[Array, Array]]
   linear: Linear
+  config: tuple = ()  # the factory's settings, none (see `GatedCell.config`)
 
   @property
   def coefficients(self) -> Callable[..., tuple[Array, Array]]:
@@ -81,13 +82,13 @@ def log_g(x: Array) -> Array:
 
 def _init(num_gates: int):
   def init(key, input_size, units, dtype=jnp.float32):
-    kernel = jax.nn.initializers.glorot_uniform()(key, (input_size, num_gates * units), dtype)
+    kernel = glorot_uniform(key, (input_size, num_gates * units), dtype)  # bfloat16 too
     return {"kernel": kernel, "bias": jnp.zeros((num_gates * units,), dtype)}
   return init
 
 
 def _initial_carry(batch_size, units, dtype=jnp.float32):
-  shape = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+  shape = tuple(batch_size) if isinstance(batch_size, (tuple, list)) else (batch_size,)
   return jnp.zeros((*shape, units), dtype)
 
 

@@ -28,4 +28,5 @@ def simple_rnn(activation: Union[str, Callable] = "tanh", use_bias: bool = True)
     return h, h
 
   return GatedCell("simple_rnn", init, zeros_carry,
-                   Gates(1, input_projection, recurrence, lambda h: h))
+                   Gates(1, input_projection, recurrence, lambda h: h),
+                   (("activation", activation), ("use_bias", use_bias)))

@@ -393,6 +393,44 @@ def decode(ids: Sequence[int], words: Sequence[str], *, start_char: int = 1,
                   if i != 0)
 
 
+def preprocessing(data: Imdb, *, num_words: Optional[int], maxlen: Optional[int],
+                  start_char: Optional[int] = 1, oov_char: Optional[int] = 2,
+                  index_from: int = 3, padding: str = "pre", truncating: str = "pre",
+                  reverse: bool = False) -> dict:
+  """What turns a review's text into the model's ids as `load` encoded them (for
+  preprocessing.json; `encode` applies it). `vocabulary` is every training word in rank
+  order (empty for an `imdb.npz` source, which has no text); `reverse` as `load`'s."""
+  return {"kind": "imdb", "tokenizer": TOKENIZER_VERSION, "num_words": num_words,
+          "maxlen": maxlen, "start_char": start_char, "oov_char": oov_char,
+          "index_from": index_from, "padding": padding, "truncating": truncating,
+          "reverse": bool(reverse), "vocabulary_size": len(data.words),
+          "vocabulary": list(data.words)}
+
+
+def encode(texts: Sequence[str], words: Sequence[str], *, num_words: Optional[int],
+           maxlen: Optional[int], start_char: Optional[int] = 1, oov_char: Optional[int] = 2,
+           index_from: int = 3, padding: str = "pre", truncating: str = "pre",
+           reverse: bool = False, **unused) -> np.ndarray:
+  """Review texts -> <int32>[len(texts), maxlen] ids, exactly as `load` encodes a test review:
+  `tokenize`, words never seen in training dropped, rank r -> id r + index_from
+  (`oov_char` from `num_words` on), `start_char` first, the whole reversed with
+  `reverse` (the reversed-review LSTM's), then `pad_sequences`."""
+  del unused
+  rank_of = {word: rank for rank, word in enumerate(words, start=1)}
+  if not num_words:
+    num_words = len(words) + index_from + 1  # every rank's id is below it
+  prefix = [] if start_char is None else [start_char]
+  encoded = []
+  for text in texts:
+    ids = [rank_of[w] + index_from for w in tokenize(text) if w in rank_of]
+    if oov_char is not None:
+      ids = [i if i < num_words else oov_char for i in ids]
+    else:
+      ids = [i for i in ids if i < num_words]
+    encoded.append((prefix + ids)[::-1] if reverse else prefix + ids)
+  return pad_sequences(encoded, maxlen, padding=padding, truncating=truncating)
+
+
 def batches(data: Imdb, *, batch_size: int = 128, validation_split: float = 0.2,
             **kwargs) -> ArrayBatches:
   """Keras's `fit(x_train, y_train, validation_split=...)` and `evaluate(x_test, y_test)`."""

@@ -28,13 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import checkpoints, distributed, optim, plots
+from rnn_jax import checkpoints, distributed, optim, plots, precision
 from rnn_jax import metrics as metrics_lib
 from rnn_jax.errors import UserError
 from rnn_jax.train import progress as progress_lib
 from rnn_jax.train import provenance
 from rnn_jax.train import results as results_lib
 from rnn_jax.train import rundir
+from rnn_jax.train import saved as run_files
 from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions
 from rnn_jax.train.placement import Placement, put
 from rnn_jax.train.step import (TrainState, init_params, init_state, make_eval_step,
@@ -55,23 +56,38 @@ def train_batches(batches, seeds: Sequence[int], epoch: int):
           for step in zip(*(batches.train(seed, epoch) for seed in seeds)))
 
 
-def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: TrainOptions,
+def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
+        metrics: Sequence[metrics_lib.LossOrMetric] = (), options: TrainOptions,
         target_unit: Optional[tuple[str, float]] = None,
         extra_results: Optional[Mapping[str, Any]] = None,
-        model_config: Optional[Mapping[str, Any]] = None) -> FitResult:
+        model_config: Optional[Mapping[str, Any]] = None,
+        optimizer: Any = None,
+        preprocessing: Optional[Mapping[str, Any]] = None) -> FitResult:
   """Trains `model` on `batches`, checkpointing every epoch; see the module docstring.
 
   Args:
     model: has init(key, sample_x) -> params and apply(params, x, *, training, key) -> y.
     batches: a `rnn_jax.data.batches.Batches`.
-    loss: "mae" | "mse" | "bce_logits" (binary cross-entropy on logits), averaged over
-      the real rows (weight 1) of each batch.
-    metrics: a subset of ("accuracy", "mae"); accuracy compares logits > 0 with y > 0.5.
-    options: `TrainOptions`.
+    loss: "mae" | "mse" | "bce_logits" (binary cross-entropy on logits) |
+      "sparse_categorical_crossentropy" (on logits, integer labels), or a function
+      (predictions, targets) -> <float>[batch] loss per example; averaged over the real
+      rows (weight 1) of each batch.
+    metrics: names from ("accuracy", "mae") or functions like `loss` (named by their
+      __name__); accuracy compares logits > 0 with y > 0.5, or the argmax of several
+      classes' scores with integer labels. All are summed on the device.
+    options: `TrainOptions` (schedule, early stopping and compute dtype included).
     target_unit: (unit, scale): every "mae" value also gets "mae_<unit>" = mae * scale.
     extra_results: added to results.json.
     model_config: the experiment's resolved model settings (e.g. dropout rates), added to
-      results.json's "config" beside the training settings and the architecture.
+      results.json's "config" beside the training settings and the architecture (the
+      same as model.json's when the model can be written as data).
+    optimizer: an `optax.GradientTransformation` used as it is (its own learning rate or
+      schedule; `options.clip_norm` still applies), or a name of `rnn_jax.optim`;
+      default `options.optimizer` with `options.learning_rate` and `options.lr_schedule`.
+    preprocessing: written to <workdir>/preprocessing.json, what `rnn_jax.load` needs
+      to turn raw inputs into the model's (see `rnn_jax.predictor`). The model's
+      architecture goes to <workdir>/model.json when it is made of rnn_jax layers and
+      registered cells (otherwise a note says why not).
 
   Returns:
     FitResult(results, params) with the best epoch's (lowest validation loss; training
@@ -94,25 +110,57 @@ def fit(model, batches, *, loss: str, metrics: Sequence[str] = (), options: Trai
     if options.resume:  # before any array is read: another configuration is refused
       rundir.check_resume(workdir, rundir.config_of(options.flags), options.epochs)
     distributed.barrier(f"fit-start-{workdir}")
-    effective = {"loss": loss, "metrics": list(metrics), "epochs": options.epochs,
-                 "steps_per_epoch": steps_per_epoch, "validation_steps": val_steps,
-                 "batch_size": batches.batch_size, "optimizer": options.optimizer,
-                 "learning_rate": options.learning_rate, "clip_norm": options.clip_norm,
+    effective = {"loss": metrics_lib.name_of(loss),
+                 "metrics": [metrics_lib.name_of(m) for m in metrics],
+                 "epochs": options.epochs, "steps_per_epoch": steps_per_epoch,
+                 "validation_steps": val_steps, "batch_size": batches.batch_size,
+                 **_optimizer_config(optimizer, options),
+                 "early_stopping_patience": options.early_stopping_patience,
+                 "compute_dtype": options.compute_dtype,
                  "seed": options.seed, "num_seeds": options.num_seeds,
                  "mesh": dict(placement.mesh.shape), **(model_config or {}),
                  "architecture": provenance.architecture(model)}
     return _fit(model, batches, loss, tuple(metrics), options, target_unit,
                 {"config": effective, **(extra_results or {})}, workdir, sigint, placement,
-                steps_per_epoch, val_steps)
+                steps_per_epoch, val_steps, optimizer, preprocessing)
+
+
+def _optimizer_config(optimizer, options: TrainOptions) -> dict:
+  """results.json's record of the optimizer: a name and the schedule of the options, or a
+  note that the caller's own optax transformation (with its own schedule) was used."""
+  if optimizer is not None and not isinstance(optimizer, str):
+    return {"optimizer": f"{type(optimizer).__module__}.{type(optimizer).__name__} "
+                         "(the caller's, with its own learning rate)",
+            "clip_norm": options.clip_norm}
+  return {"optimizer": optimizer or options.optimizer, "learning_rate": options.learning_rate,
+          "lr_schedule": options.lr_schedule, "warmup_steps": options.warmup_steps,
+          **({"lr_decay_rate": options.lr_decay_rate}
+             if options.lr_schedule == "exponential" else {}),
+          "clip_norm": options.clip_norm}
+
+
+def _make_optimizer(optimizer, options: TrainOptions, steps_per_epoch: int):
+  if optimizer is not None and not isinstance(optimizer, str):
+    return optim.make(optimizer, options.learning_rate, options.clip_norm)
+  learning_rate = optim.schedule(
+      options.lr_schedule, options.learning_rate, total_steps=options.epochs * steps_per_epoch,
+      warmup_steps=options.warmup_steps, steps_per_epoch=steps_per_epoch,
+      decay_rate=options.lr_decay_rate)
+  return optim.make(optimizer or options.optimizer, learning_rate, options.clip_norm)
 
 
 def _fit(model, batches, loss, metrics, options, target_unit, extra_results, workdir, sigint,
-         placement: Placement, steps_per_epoch, val_steps):
+         placement: Placement, steps_per_epoch, val_steps, optimizer=None, preprocessing=None):
   ckpt_dir = workdir / "checkpoints"
   num_seeds = options.num_seeds
   seeds = [options.seed + r for r in range(num_seeds)]
   per_replica = placement.per_replica
-  optimizer = optim.make(options.optimizer, options.learning_rate, options.clip_norm)
+  sample_xs = [next(iter(batches.train(seed, 1)))[0] for seed in seeds]
+  if distributed.is_primary():
+    run_files.write_run_files(workdir, model, sample_xs[0], options, preprocessing, _print)
+  model = precision.with_compute_dtype(model, options.compute_dtype)
+  optimizer = _make_optimizer(optimizer, options, steps_per_epoch)
+  metric_names = [metrics_lib.name_of(m) for m in metrics]
   train_step = make_train_step(model, optimizer, loss, metrics, placement,
                                clip_norm=options.clip_norm)
   eval_step = make_eval_step(lambda p, x: model.apply(p, x, training=False), loss, metrics,
@@ -123,7 +171,6 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
           lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
           if num_seeds > 1 else jnp.copy(n), new, old), out_shardings=per_replica)
 
-  sample_xs = [next(iter(batches.train(seed, 1)))[0] for seed in seeds]
   state = init_state(init_params(model, sample_xs, seeds), optimizer, placement, seeds,
                      loss, metrics)
   everyone = put(np.ones([num_seeds], bool), per_replica)
@@ -174,7 +221,14 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
     rundir.save(ckpt_dir / "latest", f"epoch{epoch_done:06d}-step{step:06d}", saved, meta,
                 keep=2, kill_at=f"latest:{epoch_done}:{step}")
 
-  for epoch in range(meta["epoch"] + 1, options.epochs + 1):
+  patience = options.early_stopping_patience
+  stopped_epoch = None
+  stops = lambda epoch: bool(patience) and epoch < options.epochs and all(
+      epoch - replica["best_epoch"] >= patience for replica in replicas)
+  first_epoch = meta["epoch"] + 1
+  if meta["epoch"] and stops(meta["epoch"]):  # resumed after stopping early
+    stopped_epoch, first_epoch = meta["epoch"], options.epochs + 1
+  for epoch in range(first_epoch, options.epochs + 1):
     # --- train: dispatch the steps; the device runs behind, the host does not wait
     first_step, step = meta["step"], meta["step"]
     epoch_start = time.time()
@@ -195,7 +249,7 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
                       f"batches in epoch {epoch}")
     train_totals = jax.device_get(state.totals)  # the one wait for the device in an epoch
     timed_steps, train_seconds = monitor.end_steps(step)  # without the compiling step
-    rows = metrics_lib.replica_means(train_totals, ("loss", *metrics), num_seeds)
+    rows = metrics_lib.replica_means(train_totals, ("loss", *metric_names), num_seeds)
     for row, gradients in zip(rows, metrics_lib.step_means(train_totals, num_seeds)):
       row.update(gradients)
     for r, row in enumerate(rows):
@@ -213,7 +267,7 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
       for row, val in zip(rows, vals):
         row.update({f"val_{k}": v for k, v in val.items()})
     else:  # no validation data: judge by training
-      vals = [{k: row[k] for k in ("loss", *metrics)} for row in rows]
+      vals = [{k: row[k] for k in ("loss", *metric_names)} for row in rows]
     seconds = meta["epoch_seconds"] + time.time() - epoch_start
     improved = []
     for r, (replica, row, val) in enumerate(zip(replicas, rows, vals)):
@@ -242,6 +296,11 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
                       [rep["history"] for rep in replicas], seconds)
     if sigint.requested and epoch < options.epochs:
       raise rundir.Interrupted(rundir.resume_hint(workdir, f"interrupted after epoch {epoch}"))
+    if stops(epoch):
+      stopped_epoch = epoch
+      _print(f"early stopping after epoch {epoch}: no lower validation loss for {patience} "
+             f"epochs; restoring epoch {_best_epochs(replicas)}")
+      break
 
   # --- test with the best parameters, write results
   tests = [None] * num_seeds
@@ -259,12 +318,15 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
       **extra_results,
       "provenance": provenance.environment(meta.get("started")),
   }
+  if patience:
+    results["early_stopping"] = {"patience": patience, "stopped_epoch": stopped_epoch,
+                                 "restored_epoch": _best_epochs(replicas)}
   monitor.close()
   if distributed.is_primary():
     plots.history(results["history"], workdir / "history.png",
                   title=options.model_name + (f", mean of {num_seeds} seeds"
                                               if num_seeds > 1 else ""),
-                  loss=loss, best_epochs=results["best_epoch"])
+                  loss=metrics_lib.name_of(loss), best_epochs=results["best_epoch"])
     rundir.kill_point("results")
     results_lib.write_results(workdir, results)
   test, best = results["test"], ",".join(map(str, results["best_epoch"]))
@@ -272,6 +334,11 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
          + (f"; test {results_lib.format_metrics(test)}" if test else "")
          + (f" (mean of {num_seeds} seeds)" if num_seeds > 1 else "") + f"; wrote {workdir}")
   return FitResult(results, best_params)
+
+
+def _best_epochs(replicas) -> list:
+  """The epochs whose parameters are kept, one per replica (a list, as "best_epoch")."""
+  return [replica["best_epoch"] for replica in replicas]
 
 
 def _of_seed(seeds: Sequence[int], r: int) -> str:

@@ -55,11 +55,28 @@ def define_flags(**defaults) -> flags.FlagValues:
                       "the platform's fast path.")
     flags.DEFINE_integer("log_every_steps", 50, "Log the training loss to TensorBoard "
                          "every this many steps (0: only per epoch).")
+    _define_model_io_flags()
   for name, value in defaults.items():
     if name not in flags.FLAGS:
       raise ValueError(f"define_flags: no flag named {name!r}")
     flags.FLAGS.set_default(name, value)
   return flags.FLAGS
+
+
+def _define_model_io_flags() -> None:
+  """Learning-rate schedules, early stopping and mixed precision (see `fit`)."""
+  flags.DEFINE_enum("lr_schedule", "constant", optim.SCHEDULES, "Learning rate per step: "
+                    "constant, cosine decay to 0 at the last step, or exponential "
+                    "(times --lr_decay_rate per epoch); after --warmup_steps.")
+  flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up of the learning rate from 0 over "
+                       "this many steps.")
+  flags.DEFINE_float("lr_decay_rate", 0.9, "--lr_schedule=exponential: the factor per epoch.")
+  flags.DEFINE_integer("early_stopping_patience", None, "Stop after this many epochs "
+                       "without a lower validation loss; the best epoch's parameters are "
+                       "kept (default: train every epoch).")
+  flags.DEFINE_enum("compute_dtype", "float32", ("float32", "bfloat16", "float16"),
+                    "Mixed precision: bfloat16 computes in bfloat16 with float32 "
+                    "parameters and optimizer state (Keras's mixed_bfloat16).")
 
 
 def check_flags(values: Mapping[str, Any]) -> None:
@@ -86,6 +103,10 @@ def check_flags(values: Mapping[str, Any]) -> None:
        "learning_rate", "positive")
   need(values["clip_norm"] is None or (math.isfinite(values["clip_norm"])
                                        and values["clip_norm"] > 0), "clip_norm", "positive")
+  need(values.get("warmup_steps", 0) >= 0, "warmup_steps", "at least 0")
+  need(0.0 < values.get("lr_decay_rate", 0.9) <= 1.0, "lr_decay_rate", "in (0, 1]")
+  need(values.get("early_stopping_patience") is None or values["early_stopping_patience"] >= 1,
+       "early_stopping_patience", "a positive integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +128,11 @@ class TrainOptions:
   steps_per_epoch: Optional[int] = None   # None: the data's own
   validation_steps: Optional[int] = None  # None: the data's own
   log_every_steps: int = 50               # the loss to TensorBoard every this many steps
+  lr_schedule: str = "constant"           # optim.SCHEDULES
+  warmup_steps: int = 0
+  lr_decay_rate: float = 0.9              # per epoch, for lr_schedule="exponential"
+  early_stopping_patience: Optional[int] = None
+  compute_dtype: str = "float32"          # "bfloat16": mixed precision (rnn_jax.precision)
 
   @classmethod
   def from_flags(cls, flag_values: flags.FlagValues, *, experiment: str, model_name: str,
@@ -132,4 +158,8 @@ class TrainOptions:
         num_devices=values["num_devices"], num_seeds=values["num_seeds"], flags=recorded,
         steps_per_epoch=values["steps_per_epoch"],
         validation_steps=values["validation_steps"],
-        log_every_steps=values.get("log_every_steps", 50))
+        log_every_steps=values.get("log_every_steps", 50),
+        lr_schedule=values["lr_schedule"], warmup_steps=values["warmup_steps"],
+        lr_decay_rate=values["lr_decay_rate"],
+        early_stopping_patience=values["early_stopping_patience"],
+        compute_dtype=values["compute_dtype"])

@@ -3,7 +3,7 @@ times, and a model's architecture as plain JSON.
 
   results["provenance"] = {"versions": {...}, "git": {"commit": ..., "dirty": ...},
                            "devices": {...}, "started": ISO time, "finished": ISO time}
-  results["config"]["architecture"] = architecture(model)
+  results["config"]["architecture"] = architecture(model)  # = model.json's "model"
 """
 from __future__ import annotations
 
@@ -71,17 +71,28 @@ def environment(started: str) -> dict:
 
 
 def architecture(layer: Any) -> Any:
-  """A layer (a frozen dataclass, e.g. Sequential) as JSON: {"type": ..., settings...};
-  cells by their name, functions by theirs."""
+  """A layer (a frozen dataclass, e.g. Sequential) as JSON. A model of rnn_jax layers and
+  registered cells: `rnn_jax.serialize.to_config`'s config, the same as model.json's
+  "model" ({"class": ..., settings..., "cell": {"cell": name, settings...}}). Otherwise a
+  description that cannot be rebuilt from: {"type": ..., settings...}, cells by their
+  name, functions by theirs."""
+  from rnn_jax import serialize  # pylint: disable=import-outside-toplevel
+  try:
+    return serialize.to_config(layer)
+  except serialize.NotSerializable:
+    return _described(layer)
+
+
+def _described(layer: Any) -> Any:
   if hasattr(layer, "step") and hasattr(layer, "initial_carry"):  # a cell
     return getattr(layer, "name", type(layer).__name__)
   if dataclasses.is_dataclass(layer) and not isinstance(layer, type):
     return {"type": type(layer).__name__,
-            **{f.name: architecture(getattr(layer, f.name)) for f in dataclasses.fields(layer)}}
+            **{f.name: _described(getattr(layer, f.name)) for f in dataclasses.fields(layer)}}
   if isinstance(layer, (list, tuple)):
-    return [architecture(item) for item in layer]
+    return [_described(item) for item in layer]
   if isinstance(layer, dict):
-    return {str(k): architecture(v) for k, v in layer.items()}
+    return {str(k): _described(v) for k, v in layer.items()}
   if layer is None or isinstance(layer, (bool, int, float, str)):
     return layer
   if callable(layer):

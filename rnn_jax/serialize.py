@@ -1,0 +1,165 @@
+"""A model's architecture as data: layer stacks <-> JSON-able dicts.
+
+  config = serialize.to_config(model)        # {"class": "Sequential", "layers": [...]}
+  model = serialize.from_config(config)      # the same layers, settings and cells
+
+Every layer of `rnn_jax.layers` is a frozen dataclass of its settings, so a layer is
+written as {"class": <its name>, <setting>: <value>, ...}. A cell is written by its
+registered name (`rnn_jax.cells.CELLS`) and the settings its factory was called with,
+e.g. {"cell": "gru", "activation": "tanh", "recurrent_activation": "sigmoid",
+"use_bias": true, "reset_after": true}; an activation by its name in
+`rnn_jax.activations`. A cell of your own is written by where it lives,
+{"cell": "your.module:name"}, when it is an attribute of an importable module (not
+`__main__`): loading imports that module again. Anything else (a cell made in a script
+or a function, an activation function without a name, a layer class of your own) cannot
+be rebuilt from data: `to_config` raises `NotSerializable` naming it.
+
+`save_model` / `load_model` write and read `model.json`: the config plus what `init`
+needs to rebuild the parameters' shapes (`input_shape` without the batch axis,
+`input_dtype`) and the `compute_dtype` the run trained with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from rnn_jax import activations, cells, layers
+
+FORMAT = "rnn_jax.model/1"
+LAYERS = {cls.__name__: cls for cls in (layers.Dense, layers.Maxout, layers.Embedding,
+                                        layers.Flatten, layers.Dropout, layers.RNN,
+                                        layers.Bidirectional, layers.Sequential)}
+_ACTIVATION_SETTINGS = ("activation", "recurrent_activation")
+
+
+class NotSerializable(ValueError):
+  """The model holds something that cannot be written as data."""
+
+
+def _activation_name(value, where: str):
+  if value is None or isinstance(value, str):
+    return value
+  for name in activations.NAMES:
+    if activations.get(name) is value:
+      return name
+  raise NotSerializable(f"{where}: the activation {value!r} has no name in "
+                        f"rnn_jax.activations ({', '.join(activations.NAMES)}); pass it by name")
+
+
+def _import_path(cell) -> Optional[str]:
+  """"module:attribute" of an importable module (not __main__) that holds `cell` itself."""
+  modules = {getattr(cell, "__module__", None)}
+  for function in ("step", "init", "initial_carry"):
+    modules.add(getattr(getattr(cell, function, None), "__module__", None))
+  for module_name in sorted(m for m in modules if isinstance(m, str)):
+    module = sys.modules.get(module_name)
+    if module is None or module_name == "__main__" or module_name.startswith("rnn_jax."):
+      continue
+    for attribute, value in vars(module).items():
+      if value is cell and not attribute.startswith("_"):
+        return f"{module_name}:{attribute}"
+  return None
+
+
+def _imported_cell(path: str):
+  module_name, attribute = path.split(":", 1)
+  try:
+    return getattr(importlib.import_module(module_name), attribute)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"model config: the cell {path!r} cannot be imported ({e}); make its "
+                     "module importable (e.g. on PYTHONPATH)") from e
+
+
+def cell_config(cell, where: str = "cell") -> dict:
+  """{"cell": name, **settings} of a registered cell; {"cell": "module:attribute"} of a
+  cell of your own held by an importable module."""
+  name = getattr(cell, "name", None)
+  config = getattr(cell, "config", None)
+  if name not in cells.CELLS or config is None:
+    path = _import_path(cell)
+    if path is not None:
+      return {"cell": path}
+    raise NotSerializable(
+        f"{where}: {type(cell).__name__} is not a registered cell (rnn_jax.cells.CELLS: "
+        f"{', '.join(cells.CELLS)}) nor an attribute of an importable module, so the model "
+        "cannot be rebuilt from model.json; rebuild it in code and load the parameters with "
+        "rnn_jax.load(run, model=...)")
+  out = {"cell": name}
+  for key, value in config:
+    out[key] = _activation_name(value, f"{where}.{key}") if key in _ACTIVATION_SETTINGS else value
+  return out
+
+
+def to_config(layer, where: str = "model") -> dict:
+  """The JSON-able config of a layer or `Sequential`; `NotSerializable` if it has no such form."""
+  cls = type(layer)
+  if LAYERS.get(cls.__name__) is not cls:
+    raise NotSerializable(f"{where}: {cls.__module__}.{cls.__name__} is not an rnn_jax layer "
+                          f"({', '.join(LAYERS)})")
+  out = {"class": cls.__name__}
+  for field in dataclasses.fields(layer):
+    value = getattr(layer, field.name)
+    here = f"{where}.{field.name}"
+    if field.name == "layers":
+      value = [to_config(sub, f"{where}.layers[{i}]") for i, sub in enumerate(value)]
+    elif field.name == "cell":
+      value = cell_config(value, here)
+    elif field.name in ("layer", "backward_layer"):
+      value = None if value is None else to_config(value, here)
+    elif field.name in _ACTIVATION_SETTINGS:
+      value = _activation_name(value, here)
+    elif not (value is None or isinstance(value, (bool, int, float, str))):
+      raise NotSerializable(f"{here}: {value!r} is not a JSON value")
+    out[field.name] = value
+  return out
+
+
+def from_config(config: Mapping[str, Any]):
+  """The layer (or `Sequential`) that `to_config` wrote."""
+  config = dict(config)
+  name = config.pop("class")
+  if name not in LAYERS:
+    raise ValueError(f"model config: unknown layer class {name!r} (known: {', '.join(LAYERS)})")
+  if name == "Sequential":
+    return layers.Sequential([from_config(c) for c in config["layers"]])
+  for key in ("layer", "backward_layer"):
+    if config.get(key) is not None:
+      config[key] = from_config(config[key])
+  if "cell" in config:
+    settings = dict(config["cell"])
+    cell_name = settings.pop("cell")
+    if ":" in cell_name:
+      config["cell"] = _imported_cell(cell_name)
+      return LAYERS[name](**config)
+    if cell_name not in cells.CELLS:
+      raise ValueError(f"model config: unknown cell {cell_name!r} (known: {', '.join(cells.CELLS)})")
+    config["cell"] = cells.CELLS[cell_name](**settings)
+  return LAYERS[name](**config)
+
+
+def save_model(path: os.PathLike, model, *, input_shape: Sequence[int], input_dtype: str,
+               compute_dtype: str = "float32", extra: Optional[Mapping[str, Any]] = None) -> Path:
+  """Writes `model.json` (atomically); raises `NotSerializable` before writing anything.
+  `model` None writes the record without the architecture."""
+  from rnn_jax import checkpoints  # orbax: only when writing
+  record = {"format": FORMAT, "model": None if model is None else to_config(model),
+            "input_shape": [int(d) for d in input_shape], "input_dtype": str(input_dtype),
+            "compute_dtype": str(compute_dtype), **(extra or {})}
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  checkpoints.write_atomic(path, json.dumps(record, indent=2) + "\n")
+  return path
+
+
+def load_model(path: os.PathLike) -> tuple[Any, dict]:
+  """(model, the whole record of model.json)."""
+  record = json.loads(Path(path).read_text())
+  if record.get("format") != FORMAT:
+    raise ValueError(f"{path}: not an rnn_jax model file (format {record.get('format')!r}, "
+                     f"expected {FORMAT!r})")
+  return (None if record["model"] is None else from_config(record["model"])), record
