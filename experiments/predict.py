@@ -19,7 +19,7 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from rnn_jax import errors
+from rnn_jax import errors, files
 
 flags.DEFINE_string("run", None, "A finished run's directory (one model's workdir).")
 flags.DEFINE_string("input", None, "Raw inputs: reviews one a line (IMDB), a CSV "
@@ -69,20 +69,13 @@ def main(argv):
   if FLAGS.input:
     table = predictions_table(predictor, pathlib.Path(FLAGS.input))
     if FLAGS.output:
-      try:
-        table.to_csv(FLAGS.output, index=False)
-      except OSError as e:
-        raise errors.UserError(f"--output: cannot write {FLAGS.output}: "
-                               f"{e.strerror or e}") from None
+      files.write_atomic(FLAGS.output, table.to_csv(index=False))
       print(f"wrote {len(table)} predictions to {FLAGS.output}", flush=True)
     else:
       print(table.to_csv(index=False), end="", flush=True)
   if FLAGS.export:
     from rnn_jax import export  # pylint: disable=import-outside-toplevel
-    try:
-      path = export.export(predictor, FLAGS.export, FLAGS.platforms)
-    except OSError as e:
-      raise errors.UserError(f"--export: cannot write {FLAGS.export}: {e.strerror or e}") from None
+    path = export.export(predictor, FLAGS.export, FLAGS.platforms)
     shape = ",".join(["batch", *map(str, predictor.record["input_shape"])])
     print(f"wrote {path}: <{predictor.record['input_dtype']}>[{shape}] -> predictions "
           "(jax.export.deserialize(bytes).call(x))", flush=True)

@@ -33,10 +33,8 @@ def exported(predictor, platforms: Optional[Sequence[str]] = None) -> jax.export
 
 def export(predictor, path: os.PathLike, platforms: Optional[Sequence[str]] = None) -> Path:
   """Writes the serialized artifact to `path`; returns the path."""
+  from rnn_jax import files  # pylint: disable=import-outside-toplevel
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   data = exported(predictor, platforms).serialize()
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
-  return path
+  files.make_dirs(path.parent)
+  return files.write_atomic(path, bytes(data))
