@@ -13,6 +13,7 @@ import training_runs as runs
 pytestmark = pytest.mark.e2e  # subprocess runs of the experiments: see pyproject.toml
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_two_processes_and_four_devices_agree(tmp_path):
   first, second, four = tmp_path / "first", tmp_path / "second", tmp_path / "four"
   for workdir, flags, env in [

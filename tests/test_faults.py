@@ -20,6 +20,7 @@ def uninterrupted(tmp_path_factory):
   return workdir, runs.comparable(runs.results(workdir))
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_kills_interrupt_and_corruption_resume_to_the_same_results(tmp_path, uninterrupted):
   workdir = tmp_path / "run"
   # SIGKILL while epoch 2's steps are in flight.
@@ -149,6 +150,7 @@ def _forecast(csv, workdir, *flags, kill_at=None, signal_name="KILL"):
       env=runs.environment(kill_at, signal_name))
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_default_forecast_models_resume_after_ctrl_c_in_the_second(tmp_path):
   """--model=naive,gru (the default), Ctrl-C during gru: --resume keeps naive (finished, same
   flags), continues gru; dropping naive from --model on resume is fine as well."""
@@ -193,6 +195,7 @@ def _events(run_dir):
   return out
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 @pytest.mark.parametrize("kill_at", ["step:2:5", "epoch:3"])
 def test_resume_logs_every_epoch_and_step_once(tmp_path, kill_at):
   """SIGKILL mid-epoch (step losses logged past the checkpoint) or after the last epoch's
@@ -213,6 +216,7 @@ def test_resume_logs_every_epoch_and_step_once(tmp_path, kill_at):
   assert len(list((workdir / "gru" / "tensorboard").glob("events.out.tfevents.*"))) <= 2
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_multi_model_adding_problem_resumes_as_a_whole(tmp_path):
   """--model=gru,lstm killed during lstm; a resume keeps gru byte for byte and continues
   lstm; --model=lstm alone resumes it too; gru,gru is refused before anything trains."""
@@ -241,6 +245,7 @@ def test_multi_model_adding_problem_resumes_as_a_whole(tmp_path):
   assert lstm["flags"]["model"] == "lstm" and lstm["config"]["epochs"] == 2
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_finished_run_with_other_epochs_is_refused_and_kept(tmp_path):
   """results.json never misdescribes a run: a finished run is not re-labelled by a resume
   with other --epochs, and a checkpoint of more epochs than --epochs is refused."""
@@ -265,6 +270,7 @@ def test_finished_run_with_other_epochs_is_refused_and_kept(tmp_path):
   assert results["flags"]["epochs"] == 3 == len(results["history"])
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_ctrl_c_while_starting_exits_130_with_one_line(tmp_path):
   """SIGINT at any point before training (imports, flags, reading data) is one line, 130."""
   import time
@@ -283,9 +289,11 @@ def test_ctrl_c_while_starting_exits_130_with_one_line(tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_ctrl_c_while_tokenizing_imdb_exits_130_and_leaves_nothing(tmp_path):
   """SIGINT during IMDB's tokenization (before any training): one line, exit 130, no
-  workdir and no partial cache file."""
+  workdir and no partial cache file. (Once in four runs under xdist on 2026-12-01 the
+  child ignored the signal and finished with exit 0; the cause is not found yet.)"""
   from test_imdb import make_archive  # pylint: disable=import-outside-toplevel
   archive = make_archive(tmp_path / "aclImdb_v1.tar.gz")
   cache = tmp_path / "cache"

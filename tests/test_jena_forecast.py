@@ -89,6 +89,7 @@ def all_models(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 @pytest.mark.e2e
 def test_every_model_runs_end_to_end(all_models):
   assert (all_models / "target.png").is_file()
@@ -106,6 +107,7 @@ def test_every_model_runs_end_to_end(all_models):
       assert results["flags"]["epochs"] == 1
 
 
+@pytest.mark.slow  # the all_models fixture trains every model (~45 s): CI stays within 12 minutes
 @pytest.mark.e2e
 def test_naive_baseline_is_the_lecture_s(all_models):
   """The lecture's evaluate_naive_method: mean |last target of the window - target|."""
@@ -117,6 +119,7 @@ def test_naive_baseline_is_the_lecture_s(all_models):
   np.testing.assert_allclose(results["val"]["mae"], np.mean(np.abs(preds - targets)), rtol=1e-5)
 
 
+@pytest.mark.slow  # the all_models fixture trains every model (~45 s): CI stays within 12 minutes
 @pytest.mark.e2e
 def test_summarize_builds_its_table_and_chart(all_models):
   proc = run("experiments.summarize", f"--workdir={all_models}")

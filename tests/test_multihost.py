@@ -88,6 +88,7 @@ def _two_processes(workdir, *flags):
   return [stdout for stdout, _ in outputs]
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_two_processes_equal_one_and_resume(tmp_path):
   single = tmp_path / "single"
   assert runs.run(single).returncode == 0
@@ -130,6 +131,7 @@ def test_bad_process_flags_are_one_line(tmp_path, flags, message):
   assert not (tmp_path / "gru").exists()
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_seeds_spread_over_devices_equal_one_device(tmp_path):
   """--num_seeds=2 on 4 devices (2 along 'seed' x 2 along 'data') equals both replicas
   vmapped on one device."""

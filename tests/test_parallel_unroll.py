@@ -26,9 +26,12 @@ def _close(a, b, rtol):
     np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=rtol)
 
 
-@pytest.mark.parametrize("cell_name,method", [("gru", "deer"), ("lstm", "quasi_deer"),
-                                              ("simple_rnn", "deer")])
-@pytest.mark.parametrize("go_backwards,return_sequences", [(False, True), (True, False)])
+@pytest.mark.parametrize("cell_name,method,go_backwards,return_sequences", [
+    pytest.param(cell, method, backwards, sequences,
+                 # every step's output of a gated cell: ~20 s of compiling each
+                 marks=pytest.mark.slow if sequences and cell != "simple_rnn" else ())
+    for cell, method in [("gru", "deer"), ("lstm", "quasi_deer"), ("simple_rnn", "deer")]
+    for backwards, sequences in [(False, True), (True, False)]])
 def test_parallel_equals_scan_with_masks(cell_name, method, go_backwards, return_sequences):
   x, mask = _inputs()
   model_of = lambda impl: layers.Sequential([layers.RNN(

@@ -162,6 +162,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 @pytest.mark.e2e
 def test_forecast_runs_load_predict_and_export(forecast_runs, tmp_path):
   tmp, data = forecast_runs

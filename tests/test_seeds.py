@@ -98,6 +98,7 @@ def test_replicas_differ_and_are_summarized(runs):
   jax.tree.map(np.testing.assert_array_equal, state["params"], many.params)
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
 def test_resume_of_many_seeds_gives_the_same_results(runs, tmp_path):
   _, many, _ = runs
   _fit(tmp_path, seed=5, num_seeds=3, epochs=1)
