@@ -75,16 +75,8 @@ def _check_models(models: list, parts: list) -> None:
   unknown = [p for p in parts if p not in ("profiles", "clipping")]
   if unknown or not parts:
     raise errors.UserError(f"--parts: choose from profiles, clipping (got {','.join(parts)!r})")
-  if "profiles" not in parts:
-    return
-  if not models:
-    raise errors.UserError(f"--model is empty: name one or more of {', '.join(MODELS)}")
-  for name in models:
-    if name not in MODELS:
-      raise errors.UserError(f"--model: unknown model {name!r}; choose from {', '.join(MODELS)}")
-  repeated = sorted({m for m in models if models.count(m) > 1})
-  if repeated:
-    raise errors.UserError(f"--model names {', '.join(repeated)} more than once")
+  if "profiles" in parts:
+    train.check_names(models, list(MODELS), "model")
 
 
 def _model(cell, units):

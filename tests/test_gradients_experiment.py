@@ -52,9 +52,9 @@ def test_model_picks_the_figure_s_models_in_order(tmp_path):
 
 
 @pytest.mark.parametrize("flag,message", [
-    ("--model=gru,rnn", "--model: unknown model 'rnn'"),
-    ("--model=", "--model is empty"),
-    ("--model=lstm,lstm", "--model names lstm more than once"),
+    ("--model=gru,rnn", "--model: unknown ['rnn']; choose from ['simple_rnn_tanh', "),
+    ("--model=", "--model: give at least one model, from ['simple_rnn_tanh', "),
+    ("--model=lstm,lstm", "--model=lstm,lstm: 'lstm' is listed twice"),
     ("--parts=profile", "--parts: choose from profiles, clipping")])
 def test_bad_models_are_one_line_before_any_work(tmp_path, flag, message):
   done = _run(flag, tmp_path=tmp_path)
