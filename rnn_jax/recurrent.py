@@ -20,7 +20,7 @@ How the loop is computed is one switch, `implementation=` (see `resolve_implemen
                method="deer" | "quasi_deer" | "elk" | "quasi_elk"), falling back to the
                sequential result with a warning where it does not converge.
   "auto"       per_gate on CPU and fused on GPU/TPU for cells with a gate layout;
-               recompute on CPU and associative elsewhere for linear cells; else scan.
+               linear_scan on CPU and associative elsewhere for linear cells; else scan.
 
 The speed paths live in `rnn_jax._fast_paths`, which says why each is as it is.
 """
@@ -58,7 +58,7 @@ def linear_of(cell) -> Optional[Linear]:
 def resolve_implementation(cell, implementation: str = "auto") -> str:
   """The implementation `unroll` uses for `cell`: `implementation` itself, or for "auto"
   the platform's fast path for what the cell declares (a gate layout: per_gate on CPU,
-  fused elsewhere; a linear form: recompute on CPU, associative elsewhere), and the
+  fused elsewhere; a linear form: linear_scan on CPU, associative elsewhere), and the
   portable "scan" where it declares neither."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r} is not one of {IMPLEMENTATIONS}")
@@ -67,10 +67,9 @@ def resolve_implementation(cell, implementation: str = "auto") -> str:
     if gates_of(cell) is not None:
       return "per_gate" if cpu else "fused"
     if linear_of(cell) is not None:
-      # On CPU the step itself, recomputed in the backward loop, is the fastest form of
-      # the sequential recurrence; the associative scan's O(T log T) work is not
-      # (docs/performance.md).
-      return "recompute" if cpu else "associative"
+      # On CPU one matmul for the whole sequence and a loop of multiply-adds is the
+      # fastest form; the associative scan's O(T log T) work is not (docs/performance.md).
+      return "linear_scan" if cpu else "associative"
     return "scan"
   if implementation in _GATE_LAYOUTS and gates_of(cell) is None:
     raise ValueError(f"implementation={implementation!r} needs a cell that declares its gate "
@@ -387,7 +386,12 @@ def _linear_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask
   if go_backwards:
     x, mask = x[::-1], None if mask is None else mask[::-1]
   log_space = implementation == "associative"
-  a, b = linear_of(cell).coefficients(params, x, log_space=log_space)
+  # One [time * batch, features] matrix: the coefficients of x_t alone take any leading
+  # axes, and XLA's CPU code differentiates a 2-D matmul several times faster than one over
+  # [time, batch, features] (docs/performance.md, "minGRU's whole-sequence form").
+  time, batch = x.shape[:2]
+  a, b = linear_of(cell).coefficients(params, x.reshape(time * batch, -1), log_space=log_space)
+  a, b = a.reshape(time, batch, -1), b.reshape(time, batch, -1)
   hs = linear_scan.linear_recurrence(a, b, initial_carry, mask=mask, log_space=log_space,
                                      method="associative" if log_space else "sequential",
                                      time_major=True)
