@@ -20,6 +20,11 @@ steps:   every (framework, task) pair runs in its own subprocess (Keras's backen
 sampler: windows/second of rnn_jax.data.windows against the lecture's generator.
 epoch:   wall time of one lecture epoch (Jena: 500 GRU steps; IMDB: 157 LSTM steps)
          through rnn_jax's jitted train step against Keras's `fit` on the same batches.
+
+Every worker, whatever its framework, first lets glibc keep freed memory
+(`rnn_jax.train.keep_freed_memory`, which rnn_jax's `fit` does for its users), so that
+the table compares the frameworks' code and not their processes' allocator settings;
+`--nokeep_freed_memory` measures each framework's process as it comes.
 """
 from __future__ import annotations
 
@@ -58,6 +63,8 @@ _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), "What to run: steps,sa
 _ACCELERATOR = flags.DEFINE_bool("accelerator", False, "Time every task's steps for every "
                                   "rnn_jax implementation and the accelerator peers "
                                   f"({','.join(ACCELERATOR_FRAMEWORKS)}), one round.")
+_KEEP_FREED = flags.DEFINE_bool("keep_freed_memory", True, "Every worker lets glibc keep "
+                                "freed memory (rnn_jax.train.keep_freed_memory) first.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: FRAMEWORK:TASK or epoch:FRAMEWORK:DATA.")
 _WARMUP = 2
 
@@ -155,6 +162,9 @@ def time_epoch(framework: str, data: str) -> dict:
 
 
 def _worker(spec: str, steps: int) -> None:
+  if _KEEP_FREED.value:
+    from rnn_jax.train.runtime import keep_freed_memory
+    keep_freed_memory()
   parts = spec.split(":")
   if parts[0] == "epoch":
     record = time_epoch(parts[1], parts[2])
@@ -164,7 +174,8 @@ def _worker(spec: str, steps: int) -> None:
 
 
 def _in_subprocess(spec: str, steps: int) -> dict:
-  command = [sys.executable, "-m", "benchmarks.run", f"--worker={spec}", f"--steps={steps}"]
+  command = [sys.executable, "-m", "benchmarks.run", f"--worker={spec}", f"--steps={steps}",
+             f"--{'' if _KEEP_FREED.value else 'no'}keep_freed_memory"]
   done = subprocess.run(command, capture_output=True, text=True)
   for line in done.stdout.splitlines():
     if line.startswith("RESULT "):
@@ -289,7 +300,8 @@ def main(argv) -> None:
   print(f"# machine: {machine()}", flush=True)
   print(f"# command: python -m benchmarks.run --tasks={','.join(_TASKS.value)} "
         f"--frameworks={','.join(_FRAMEWORKS.value)} --steps={_STEPS.value} "
-        f"--rounds={_ROUNDS.value} --sections={','.join(_SECTIONS.value)}", flush=True)
+        f"--rounds={_ROUNDS.value} --sections={','.join(_SECTIONS.value)}"
+        f"{'' if _KEEP_FREED.value else ' --nokeep_freed_memory'}", flush=True)
 
   if "steps" in _SECTIONS.value:
     rounds: dict = {}

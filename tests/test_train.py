@@ -212,3 +212,27 @@ def test_history_holds_the_gradient_norm_and_how_often_clipping_fired(tmp_path):
   assert runs["tiny"][0]["grad_norm"] != runs["huge"][1]["grad_norm"]
   saved = json.loads((tmp_path / "none" / "results.json").read_text())
   assert "grad_norm" in saved["history"][0]
+
+
+def test_keep_freed_memory_raises_glibc_thresholds(monkeypatch):
+  """`fit` lets glibc keep freed memory (docs/performance.md, "the allocator"): the mmap
+  threshold and top pad are set through mallopt on Linux, and nothing is done elsewhere."""
+  import platform
+
+  from rnn_jax.train import runtime
+  if platform.libc_ver()[0] == "glibc":
+    assert train.keep_freed_memory()  # the real call succeeds
+  calls = []
+
+  class FakeLibc:
+    def mallopt(self, param, value):
+      calls.append((param, value))
+      return 1
+
+  monkeypatch.setattr(runtime.sys, "platform", "linux")
+  monkeypatch.setattr(runtime.ctypes, "CDLL", lambda name: FakeLibc())
+  assert runtime.keep_freed_memory()
+  assert calls == [(-3, 256 << 20), (-2, 64 << 20)]  # M_MMAP_THRESHOLD, M_TOP_PAD
+  monkeypatch.setattr(runtime.sys, "platform", "darwin")
+  calls.clear()
+  assert not runtime.keep_freed_memory() and not calls

@@ -1,7 +1,8 @@
 """Training, as a package of small modules:
 
   options    the shared absl flags and `TrainOptions` (no side effects)
-  runtime    set-up before JAX computes: processes joined, one CPU device per core
+  runtime    set-up before JAX computes: processes joined, one CPU device per core,
+             the allocator told to keep freed memory
   placement  the mesh, the shardings, and how the devices' gradients are added
   step       `TrainState`, the train step over it, the evaluation step
   rundir     the run directory: lock, reuse rules, checkpoint writes, signals
@@ -26,6 +27,7 @@ from rnn_jax.train.rundir import Diverged, Interrupted
 from rnn_jax.train.runs import ModelRun, check_names, check_workdir
 from rnn_jax.train.runs import plan as plan_runs
 from rnn_jax.train.runtime import check as check_run_flags
-from rnn_jax.train.runtime import MAX_CPU_DEVICES, cpu_device_count, cpu_devices_per_core, set_up
+from rnn_jax.train.runtime import (MAX_CPU_DEVICES, cpu_device_count, cpu_devices_per_core,
+                                  keep_freed_memory, set_up)
 from rnn_jax.train.step import (TrainState, evaluate, init_params, init_state, make_eval_step,
                                 make_train_step, run_eval)

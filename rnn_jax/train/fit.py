@@ -38,6 +38,7 @@ from rnn_jax.train import rundir
 from rnn_jax.train import saved as run_files
 from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions
 from rnn_jax.train.placement import Placement, put
+from rnn_jax.train.runtime import keep_freed_memory
 from rnn_jax.train.step import (TrainState, init_params, init_state, make_eval_step,
                                 make_train_step, new_totals, run_eval)
 
@@ -95,6 +96,7 @@ def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
     each replica's from its own best epoch.
   """
   metrics_lib.check_names(loss, metrics)
+  keep_freed_memory()
   steps_per_epoch = options.steps_per_epoch or batches.steps_per_epoch
   if steps_per_epoch > batches.steps_per_epoch:
     raise UserError(f"--steps_per_epoch={steps_per_epoch} but the data has only "

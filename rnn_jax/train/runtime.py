@@ -1,12 +1,16 @@
 """Runtime set-up before JAX's first computation: join the processes, make the devices.
 
 Each experiment's `main` calls `set_up(FLAGS)` first thing; a library user who wants one
-CPU device per core calls `cpu_devices_per_core` before computing.
+CPU device per core calls `cpu_devices_per_core` before computing. `fit` itself calls
+`keep_freed_memory`.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
+import sys
 
 import jax
 from absl import flags
@@ -39,6 +43,33 @@ def check(flag_values: flags.FlagValues) -> dict:
   return values
 
 
+# glibc's mallopt parameters, and what keep_freed_memory sets them to.
+_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3
+_MMAP_THRESHOLD = 256 << 20
+_TOP_PAD = 64 << 20
+
+
+def keep_freed_memory() -> bool:
+  """Lets the C allocator keep freed memory for reuse instead of returning it to the OS
+  after every train step. Returns whether it changed anything (glibc on Linux only).
+
+  XLA's CPU runtime allocates each execution's temporaries as one block, tens of MB for a
+  whole sequence's arrays (minLSTM on IMDB: 500 steps x 64 rows x 32 units per array).
+  Above glibc's mmap threshold (at most 32 MB) each step maps fresh pages and faults
+  every one of them in: half of that step's time (docs/performance.md, "the allocator").
+  Blocks below 256 MB now come from the heap, which keeps 64 MB spare at its top. The
+  cost is memory: a process keeps its peak heap rather than returning it.
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+    return False
+  return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TOP_PAD, _TOP_PAD))
+
+
 def set_up(flag_values: flags.FlagValues) -> None:
   """Joins the other processes (--num_processes > 1) or, in one process, makes one CPU
   device per core; bad shared flags raise a one-line `UserError` first (`check`)."""
@@ -47,6 +78,7 @@ def set_up(flag_values: flags.FlagValues) -> None:
                          values["process_id"])
   if values["num_processes"] == 1:
     cpu_devices_per_core(values["num_seeds"], values["batch_size"])
+  keep_freed_memory()
 
 
 def cpu_devices_per_core(num_seeds: int, batch_size: int) -> int:
