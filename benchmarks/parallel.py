@@ -19,12 +19,13 @@ import os
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import cells, parallel
+from rnn_jax import cells, errors, parallel
+from rnn_jax.errors import UserError
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1000", "10000", "100000"], "Sequence lengths.")
 _UNITS = flags.DEFINE_list("units", ["4", "16", "64"], "GRU sizes.")
@@ -34,8 +35,8 @@ _BATCH = flags.DEFINE_integer("batch", 4, "Sequences per batch.")
 _FEATURES = flags.DEFINE_integer("features", 4, "Input features (without --params).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement.")
 _PARAMS = flags.DEFINE_string(
-    "params", None, "GRU weights: an npz (kernel, recurrent_kernel, bias), or a forecasting "
-    "run's directory (<workdir>/gru), whose best checkpoint's first recurrent layer is used.")
+    "params", None, "GRU weights: an npz (kernel, recurrent_kernel, bias), or a run's "
+    "directory (<workdir>/gru of a forecasting run), whose first GRU layer is used.")
 _MAX_MEMORY_GB = flags.DEFINE_float("max_memory_gb", 8.0, "Skip what needs more than this.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks/parallel", "Where the JSON and plot go.")
 
@@ -107,27 +108,20 @@ def _plot(rows, path):
 
 
 def _load_params(path: str) -> dict:
-  """{kernel, recurrent_kernel, bias} from an npz or a run directory's best checkpoint
-  (read as host arrays, whatever devices the run was saved on)."""
+  """{kernel, recurrent_kernel, bias} from an npz, or the first GRU layer of a run saved by
+  `fit` (`rnn_jax.load`: the best checkpoint, whatever devices it was saved on)."""
   if os.path.isfile(path):
     with np.load(path) as npz:
       return {k: jnp.asarray(npz[k]) for k in ("kernel", "recurrent_kernel", "bias")}
-  import orbax.checkpoint as ocp
-  from rnn_jax import checkpoints
-  best = os.path.join(path, "checkpoints", "best")
-  names = checkpoints.committed(best) if os.path.isdir(best) else []
-  if not names:
-    raise app.UsageError(f"--params={path}: neither an npz nor a run directory with a "
-                         "checkpoints/best checkpoint")
-  state = os.path.abspath(os.path.join(best, names[-1], "state"))
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(state)
-  tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)  # (orbax versions differ in where they keep it)
-  as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  layers = checkpointer.restore(state, restore_args=as_numpy)["params"]
-  gru = next(layer for layer in layers if "recurrent_kernel" in layer)
-  return {k: jnp.asarray(gru[k]) for k in ("kernel", "recurrent_kernel", "bias")}
+  import rnn_jax
+  try:
+    run = rnn_jax.load(path)
+  except UserError as e:
+    raise UserError(f"--params={path}: neither an npz nor a run ({e})") from None
+  for layer, params in zip(run.model.layers, run.params):
+    if getattr(getattr(layer, "cell", None), "name", None) == "gru":
+      return {k: jnp.asarray(params[k]) for k in ("kernel", "recurrent_kernel", "bias")}
+  raise UserError(f"--params={path}: the run's model has no GRU layer")
 
 
 def _device():
@@ -174,4 +168,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

@@ -86,13 +86,20 @@ def test_every_framework_times_a_step():
 
 def test_parallel_benchmark_reports_iterations_and_reads_a_runs_weights(tmp_path):
   """benchmarks.parallel on a tiny grid: the table, its JSON and plot; `--params` read
-  from a run directory's best checkpoint (as fit saves it: params per layer)."""
-  import jax
-  from rnn_jax import cells, checkpoints
-  gru = cells.gru().init(jax.random.PRNGKey(0), 3, 5)
-  state = {"params": [{k: np.asarray(v) * 1.5 for k, v in gru.items()},
-                      {"kernel": np.ones((5, 1), np.float32), "bias": np.zeros(1, np.float32)}]}
-  checkpoints.save(tmp_path / "gru" / "checkpoints" / "best", "epoch000001", state, {})
+  from a run that `fit` wrote (its first GRU layer, through `rnn_jax.load`)."""
+  from rnn_jax import layers, train
+  from rnn_jax.data.batches import ArrayBatches
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(64, 6, 3)).astype(np.float32)
+  batches = ArrayBatches.from_arrays(x, x[:, :, :1].sum(axis=1), validation_split=0.25,
+                                     batch_size=16)
+  options = train.TrainOptions(experiment="test", model_name="gru", workdir=str(tmp_path / "gru"),
+                               epochs=1, optimizer="adam", flags={"seed": 0})
+  train.fit(layers.Sequential([layers.GRU(5), layers.Dense(1)]), batches, loss="mse",
+            options=options)
+  bad = subprocess.run([sys.executable, "-m", "benchmarks.parallel", f"--params={tmp_path}"],
+                       capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and bad.stderr.startswith("error: --params=") and "Traceback" not in bad.stderr
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.parallel", "--lengths=30", "--repeats=1",
        "--methods=sequential,deer", f"--params={tmp_path / 'gru'}",
