@@ -257,3 +257,36 @@ def test_unknown_method_is_refused():
   params, carry, xs = _problem(cell, "init", 5)
   with pytest.raises(ValueError, match="method must be one of"):
     parallel.evaluate(cell.step, params, carry, xs, method="newton")
+
+
+def test_elk_solves_without_lapack_and_as_accurately():
+  """ELK's Kalman filter solves its small systems by Gauss-Jordan elimination in plain
+  array code: jaxlib's CPU LU kernel deadlocked when XLA ran two of them at once on a
+  2-core machine (ELK hung at T = 10,000). Accuracy as LAPACK's, pivoting included."""
+  rng = np.random.default_rng(0)
+  m = rng.standard_normal((50, 8, 8))
+  m[:, 0, 0] = 0.0  # a zero first pivot: rows must be swapped
+  b = rng.standard_normal((50, 8, 3))
+  truth = np.linalg.solve(m, b)
+  got = parallel._solve(jnp.asarray(m, jnp.float32), jnp.asarray(b, jnp.float32), False)
+  assert np.max(np.abs(got - truth)) / np.max(np.abs(truth)) < 1e-4
+  cell = cells.gru()
+  params, carry, xs = _problem(cell, "init", 8)
+  hlo = jax.jit(lambda p, c, x: parallel.evaluate(cell.step, p, c, x, method="elk")).lower(
+      params, carry, xs).as_text()
+  assert "lapack" not in hlo and "getrf" not in hlo
+
+
+def test_default_iteration_cap_is_min_of_time_and_max_iter(monkeypatch):
+  """Without max_iter, Newton stops after min(T, parallel.MAX_ITER) iterations."""
+  cell = cells.simple_rnn("tanh")
+  params, carry, xs = _problem(cell, "trained-like", 20)
+  solve = lambda: parallel.evaluate(cell.step, params, carry, xs, method="quasi_deer")
+  monkeypatch.setattr(parallel, "MAX_ITER", 2)
+  with pytest.warns(RuntimeWarning, match="did not converge in 2 iterations"):
+    sol = solve()
+    jax.effects_barrier()
+  assert int(sol.iterations) == 2 and not bool(sol.converged)
+  monkeypatch.setattr(parallel, "MAX_ITER", 1000)
+  sol = solve()
+  assert bool(sol.converged) and 2 < int(sol.iterations) <= 20
