@@ -99,7 +99,8 @@ def test_parallel_benchmark_reports_iterations_and_reads_a_runs_weights(tmp_path
             options=options)
   bad = subprocess.run([sys.executable, "-m", "benchmarks.parallel", f"--params={tmp_path}"],
                        capture_output=True, text=True, timeout=600)
-  assert bad.returncode != 0 and bad.stderr.startswith("error: --params=") and "Traceback" not in bad.stderr
+  assert bad.returncode != 0 and bad.stderr.startswith("error: --params=")
+  assert "Traceback" not in bad.stderr
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.parallel", "--lengths=30", "--repeats=1",
        "--methods=sequential,deer", f"--params={tmp_path / 'gru'}",

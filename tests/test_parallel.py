@@ -277,4 +277,3 @@ def test_elk_solves_without_lapack_and_as_accurately():
   hlo = jax.jit(lambda p, c, x: parallel.evaluate(cell.step, p, c, x, method="elk")).lower(
       params, carry, xs).as_text()
   assert "lapack" not in hlo and "getrf" not in hlo
-
