@@ -19,5 +19,5 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not i
 
 
 def pytest_sessionfinish(session):
-  if _OWN_CACHE and not hasattr(session.config, "workerinput"):
+  if _OWN_CACHE:  # set in the pytest process only: workers inherit the variable
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
