@@ -396,14 +396,17 @@ def _linear_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask
                                      method="associative" if log_space else "sequential",
                                      time_major=True)
   final = hs[-1]
-  if return_sequences:
-    if mask is not None and zero_output_for_mask:
-      hs = jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
-    return jnp.swapaxes(hs, 0, 1), final
-  last = final
-  if mask is not None and zero_output_for_mask:
-    last = jnp.where(mask[-1][:, None], last, jnp.zeros_like(last))
-  return last, final
+  if mask is not None:
+    hs = _outputs_of_masked_steps(hs, mask, zero_output_for_mask, time_axis=0)
+  return (jnp.swapaxes(hs, 0, 1) if return_sequences else hs[-1]), final
+
+
+def _outputs_of_masked_steps(hs, mask, zero_output_for_mask, time_axis):
+  """The outputs of the forms that compute states only: a masked step repeats the previous
+  output, and before the first unmasked step that is Keras's zeros, not the initial carry
+  (as the loop's outputs are); zeros at every masked step with `zero_output_for_mask`."""
+  keep = (mask if zero_output_for_mask else jnp.cumsum(mask, axis=time_axis) > 0)[..., None]
+  return jnp.where(keep, hs, jnp.zeros_like(hs))
 
 
 def _parallel_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask=None,

@@ -80,3 +80,18 @@ def test_defaults_and_refusals():
   with pytest.raises(ValueError, match="needs a cell linear in its state"):
     layers.GRU(UNITS, implementation="associative").apply(
         layers.GRU(UNITS).init(jax.random.PRNGKey(0), x.shape[1:])[0], x)
+
+
+@pytest.mark.parametrize("implementation", ["associative", "linear_scan"])
+def test_padded_steps_before_the_first_output_zeros_with_a_carry(implementation):
+  """With an initial carry, padded steps before a sequence's first real step output
+  Keras's zeros (its "previous output"), as the step loop does, not the carry."""
+  x, mask = _inputs(2)
+  mask = mask.at[2].set(False)  # a row with no real step
+  carry = jax.random.normal(jax.random.PRNGKey(2), (BATCH, UNITS))
+  for return_sequences in (True, False):
+    def run(impl):
+      layer = layers.MinGRU(UNITS, return_sequences=return_sequences, implementation=impl)
+      params, _ = layer.init(jax.random.PRNGKey(0), x.shape[1:])
+      return layer.apply(params, x, mask=mask, initial_carry=carry)[0]
+    _close(run(implementation), run("scan"))
