@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from rnn_jax import cpu_kernels
+
 
 def exported(predictor, platforms: Optional[Sequence[str]] = None) -> jax.export.Exported:
   """The predictor's `predict_arrays` as a `jax.export.Exported` with a symbolic batch."""
@@ -27,8 +29,10 @@ def exported(predictor, platforms: Optional[Sequence[str]] = None) -> jax.export
   spec = jax.ShapeDtypeStruct((batch, *record["input_shape"]), jnp.dtype(record["input_dtype"]))
   fn = predictor.predictions_fn()
   params = jax.tree.map(jnp.asarray, predictor.params)
-  return jax.export.export(jax.jit(lambda x: fn(params, x)),
-                           platforms=None if platforms is None else tuple(platforms))(spec)
+  # Traced without the native CPU kernels: an artifact cannot carry their custom calls.
+  with cpu_kernels.disabled():
+    return jax.export.export(jax.jit(lambda x: fn(params, x)),
+                             platforms=None if platforms is None else tuple(platforms))(spec)
 
 
 def export(predictor, path: os.PathLike, platforms: Optional[Sequence[str]] = None) -> Path:

@@ -16,11 +16,14 @@ How the loop is computed is one switch, `implementation=` (see `resolve_implemen
   "associative"  for cells linear in their state (`cells.Linear`: minGRU, minLSTM): one
                input matmul, then the linear recurrence by a log-space associative scan.
   "linear_scan"  the same with a sequential scan of the linear map.
+  "native"     a compiled CPU kernel for the whole layer, for the cells it knows (minGRU;
+               `rnn_jax.cpu_kernels`), float32, where a C++ compiler built it.
   "parallel"   any cell, in parallel over time by Newton's method (`rnn_jax.parallel`:
                method="deer" | "quasi_deer" | "elk" | "quasi_elk"), falling back to the
                sequential result with a warning where it does not converge.
   "auto"       per_gate on CPU and fused on GPU/TPU for cells with a gate layout;
-               linear_scan on CPU and associative elsewhere for linear cells; else scan.
+               for linear cells, native on CPU where built (float32), else linear_scan,
+               and associative elsewhere; else scan.
 
 The speed paths live in `rnn_jax._fast_paths`, which says why each is as it is.
 """
@@ -32,15 +35,15 @@ from typing import Any, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import _fast_paths, linear_scan, parallel
+from rnn_jax import _fast_paths, cpu_kernels, linear_scan, parallel
 from rnn_jax.cells.base import Gates, Linear
 
 Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "scan", "recompute", "per_gate", "fused", "associative",
-                   "linear_scan", "parallel")
+                   "linear_scan", "native", "parallel")
 _GATE_LAYOUTS = ("per_gate", "fused")
-_LINEAR = ("associative", "linear_scan")
+_LINEAR = ("associative", "linear_scan", "native")
 
 
 def gates_of(cell) -> Optional[Gates]:
@@ -67,14 +70,20 @@ def resolve_implementation(cell, implementation: str = "auto") -> str:
     if gates_of(cell) is not None:
       return "per_gate" if cpu else "fused"
     if linear_of(cell) is not None:
-      # On CPU one matmul for the whole sequence and a loop of multiply-adds is the
-      # fastest form; the associative scan's O(T log T) work is not (docs/performance.md).
+      # On CPU the native kernel, else one matmul for the whole sequence and a loop of
+      # multiply-adds; the associative scan's O(T log T) work is not (docs/performance.md).
+      if cpu and cpu_kernels.supports(cell) and cpu_kernels.available():
+        return "native"
       return "linear_scan" if cpu else "associative"
     return "scan"
   if implementation in _GATE_LAYOUTS and gates_of(cell) is None:
     raise ValueError(f"implementation={implementation!r} needs a cell that declares its gate "
                      f"layout (cells.Gates); {type(cell).__name__} does not: use 'scan' or "
                      "'recompute'")
+  if implementation == "native" and not cpu_kernels.supports(cell):
+    raise ValueError(f"implementation='native': no native kernel computes "
+                     f"{getattr(cell, 'name', type(cell).__name__)} (only "
+                     f"{', '.join(cpu_kernels.KERNEL_CELLS)}): use 'linear_scan' or 'scan'")
   if implementation in _LINEAR and linear_of(cell) is None:
     raise ValueError(f"implementation={implementation!r} needs a cell linear in its state "
                      f"(cells.Linear); {type(cell).__name__} is not: use 'scan' or "
@@ -379,6 +388,11 @@ def _linear_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask
                      "no recurrent weights to drop")
   x, initial_carry = _whole_sequence_inputs(cell, inputs, units, initial_carry, dropout,
                                             training, key)
+  if implementation == "native":
+    if _native_usable(params, x, initial_carry):
+      return _native_unroll(params, x, initial_carry, mask, go_backwards, return_sequences,
+                            zero_output_for_mask)
+    implementation = "linear_scan"
   # Time first from here: the coefficients of x_t alone take any leading axes, and the
   # loop then reads whole [batch, units] slices (docs/performance.md, minGRU's forms).
   x = jnp.swapaxes(x, 0, 1)
@@ -407,6 +421,31 @@ def _outputs_of_masked_steps(hs, mask, zero_output_for_mask, time_axis):
   (as the loop's outputs are); zeros at every masked step with `zero_output_for_mask`."""
   keep = (mask if zero_output_for_mask else jnp.cumsum(mask, axis=time_axis) > 0)[..., None]
   return jnp.where(keep, hs, jnp.zeros_like(hs))
+
+
+def _native_usable(params, x, initial_carry) -> bool:
+  """The kernel is float32 and CPU only, and may be unbuilt or turned off (for export):
+  elsewhere "native" computes the same values by "linear_scan"."""
+  return (jax.default_backend() == "cpu" and cpu_kernels.available()
+          and all(a.dtype == jnp.float32 for a in jax.tree.leaves((params, x, initial_carry))))
+
+
+def _native_unroll(params, x, initial_carry, mask, go_backwards, return_sequences,
+                   zero_output_for_mask):
+  """`_linear_unroll` by the native kernel: batch first throughout, as the layer's
+  inputs and outputs are."""
+  if go_backwards:
+    x, mask = x[:, ::-1], None if mask is None else mask[:, ::-1]
+  hs, final = cpu_kernels.min_gru_layer(params, x, initial_carry, mask,
+                                        return_sequences=return_sequences)
+  if mask is None:
+    return (hs if return_sequences else final), final
+  if return_sequences:
+    return _outputs_of_masked_steps(hs, mask, zero_output_for_mask, time_axis=1), final
+  last = _outputs_of_masked_steps(final[:, None], mask[:, -1:] if zero_output_for_mask
+                                  else jnp.any(mask, axis=1, keepdims=True),
+                                  zero_output_for_mask=True, time_axis=1)[:, 0]
+  return last, final
 
 
 def _parallel_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask=None,

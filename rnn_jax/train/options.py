@@ -50,9 +50,11 @@ def define_flags(**defaults) -> flags.FlagValues:
                       "(Keras's default, True) or before it (the lecture's formula, False).")
     flags.DEFINE_enum("head", "dense", ("dense", "maxout"), "The output layers: Dense, or "
                       "Maxout (2 pieces, --units wide) then Dense.")
-    flags.DEFINE_enum("implementation", "auto", ("auto", "scan", "recompute", "per_gate", "fused"),
+    flags.DEFINE_enum("implementation", "auto", ("auto", "scan", "recompute", "per_gate", "fused",
+                                                 "associative", "linear_scan", "native"),
                       "How recurrent layers run their loop (rnn_jax.recurrent): auto picks "
-                      "the platform's fast path.")
+                      "the platform's fast path; associative, linear_scan and native are "
+                      "for min_gru/min_lstm (native: min_gru's CPU kernel).")
     flags.DEFINE_integer("log_every_steps", 50, "Log the training loss to TensorBoard "
                          "every this many steps (0: only per epoch).")
     _define_model_io_flags()

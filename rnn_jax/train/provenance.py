@@ -57,11 +57,17 @@ def git_state(directory: Path = _PACKAGE_DIR) -> Optional[dict]:
 
 
 def devices() -> dict:
-  """The devices JAX computes on: platform, kind and count, per process and in all."""
+  """The devices JAX computes on: platform, kind and count, per process and in all; on CPU,
+  whether the native kernels were built (`rnn_jax.cpu_kernels`: then implementation="auto"
+  runs minGRU by its kernel)."""
+  from rnn_jax import cpu_kernels  # pylint: disable=import-outside-toplevel
   local = jax.local_devices()
-  return {"platform": local[0].platform, "kind": local[0].device_kind,
-          "local": len(local), "global": jax.device_count(),
-          "processes": jax.process_count()}
+  described = {"platform": local[0].platform, "kind": local[0].device_kind,
+               "local": len(local), "global": jax.device_count(),
+               "processes": jax.process_count()}
+  if local[0].platform == "cpu":
+    described["native_cpu_kernels"] = cpu_kernels.available()
+  return described
 
 
 def environment(started: str) -> dict:
