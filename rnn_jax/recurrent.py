@@ -210,7 +210,7 @@ def unroll(cell, params, inputs, *,
       active only with `training=True`, and then `key` is needed.
     unroll: how many steps `lax.scan` unrolls per loop iteration.
     implementation: "auto" | "scan" | "recompute" | "per_gate" | "fused" | "associative" |
-      "linear_scan" | "parallel" (see the module docstring); the values are the same
+      "linear_scan" | "native" | "parallel" (see the module docstring); the values are the same
       either way (to the Newton tolerance for "parallel").
     method: the Newton method of implementation="parallel".
 
@@ -442,10 +442,10 @@ def _native_unroll(params, x, initial_carry, mask, go_backwards, return_sequence
     return (hs if return_sequences else final), final
   if return_sequences:
     return _outputs_of_masked_steps(hs, mask, zero_output_for_mask, time_axis=1), final
-  last = _outputs_of_masked_steps(final[:, None], mask[:, -1:] if zero_output_for_mask
-                                  else jnp.any(mask, axis=1, keepdims=True),
-                                  zero_output_for_mask=True, time_axis=1)[:, 0]
-  return last, final
+  # The last step's output, as `_outputs_of_masked_steps` gives it: zeros where that step
+  # is masked (zero_output_for_mask) or where the row has no unmasked step at all.
+  keep = mask[:, -1] if zero_output_for_mask else jnp.any(mask, axis=1)
+  return jnp.where(keep[:, None], final, jnp.zeros_like(final)), final
 
 
 def _parallel_unroll(cell, params, inputs, *, units=None, initial_carry=None, mask=None,

@@ -40,7 +40,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Array = jax.Array
 
@@ -175,8 +174,8 @@ def min_gru_layer(params: dict, x: Array, h0: Array, mask: Optional[Array] = Non
   return (hs if return_sequences else None), last
 
 
-def _sds(shape, like=jnp.float32):
-  return jax.ShapeDtypeStruct(tuple(shape), like)
+def _sds(shape):
+  return jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
 
 
 def _forward_call(x, w, bias, h0, mask, return_sequences):
@@ -204,12 +203,11 @@ def _min_gru_forward(x, w, bias, h0, mask, return_sequences):
 def _min_gru_backward(return_sequences, saved, cotangents):
   x, w, bias, h0, mask, marker = saved
   g_hs, g_last = cotangents
-  rows, time, features = x.shape
   if isinstance(g_hs, jax.custom_derivatives.SymbolicZero) or not return_sequences:
     g_hs = jnp.zeros((0,), jnp.float32)
   if isinstance(g_last, jax.custom_derivatives.SymbolicZero):
     g_last = jnp.zeros(h0.shape, jnp.float32)
-  dx_shape = (rows, time, features) if marker.size else (0,)
+  dx_shape = x.shape if marker.size else (0,)
   dx, dw, dbias, dh0 = jax.ffi.ffi_call(
       "rnn_jax_min_gru_backward",
       (_sds(dx_shape), _sds(w.shape), _sds(bias.shape), _sds(h0.shape)),

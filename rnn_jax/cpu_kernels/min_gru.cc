@@ -172,7 +172,18 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t chunks, Chunk chunk) {
   while (state->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
 }
 
-int64_t RowsPerChunk(int64_t rows) { return std::max<int64_t>(4, (rows + 63) / 64); }
+// Rows split into chunks of a size that depends on `rows` alone (so that the order of the
+// weight gradient's sums does not depend on the thread count), per instance.
+struct Chunks {
+  int64_t rows, per_chunk, per_instance, count;
+
+  Chunks(int64_t instances, int64_t rows)
+      : rows(rows), per_chunk(std::max<int64_t>(4, (rows + 63) / 64)),
+        per_instance((rows + per_chunk - 1) / per_chunk), count(instances * per_instance) {}
+  int64_t Instance(int64_t c) const { return c / per_instance; }
+  int64_t First(int64_t c) const { return Instance(c) * rows + (c % per_instance) * per_chunk; }
+  int64_t End(int64_t c) const { return std::min((Instance(c) + 1) * rows, First(c) + per_chunk); }
+};
 
 ffi::Error CheckSizes(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& w,
                       Sizes* s) {
@@ -199,8 +210,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   Sizes s;
   if (ffi::Error e = CheckSizes(x, w, &s); e.failure()) return e;
   const bool sequences = hs->element_count() > 0;
-  const int64_t per_chunk = RowsPerChunk(s.rows);
-  const int64_t chunks_per_instance = (s.rows + per_chunk - 1) / per_chunk;
+  const Chunks chunks(s.instances, s.rows);
   const float* px = x.typed_data();
   const float* pw = w.typed_data();
   const float* pb = bias.typed_data();
@@ -208,13 +218,11 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   const float* pm = mask.typed_data();
   float* phs = hs->typed_data();
   float* plast = last->typed_data();
-  ParallelFor(pool, s.instances * chunks_per_instance, [=](int64_t c) {
-    const int64_t v = c / chunks_per_instance;
-    const int64_t first = v * s.rows + (c % chunks_per_instance) * per_chunk;
-    const int64_t end = std::min(v * s.rows + s.rows, first + per_chunk);
+  ParallelFor(pool, chunks.count, [=](int64_t c) {
+    const int64_t v = chunks.Instance(c);
     const Weights weights(s, pw + v * s.features * 2 * s.units, pb + v * 2 * s.units);
     std::vector<float> k(s.time * weights.padded_width);
-    for (int64_t r = first; r < end; ++r) {
+    for (int64_t r = chunks.First(c), end = chunks.End(c); r < end; ++r) {
       float* h = plast + r * s.units;
       std::memcpy(h, p0 + r * s.units, s.units * sizeof(float));
       ForwardRow(weights, s.time, px + r * s.time * s.features, pm + r * s.time, h, k.data(),
@@ -236,12 +244,10 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   const bool input_gradient = dx->element_count() > 0;
   const int64_t units = s.units, width = 2 * s.units, time = s.time, features = s.features;
   const int64_t padded_width = Padded(width);
-  const int64_t per_chunk = RowsPerChunk(s.rows);
-  const int64_t chunks_per_instance = (s.rows + per_chunk - 1) / per_chunk;
-  const int64_t chunks = s.instances * chunks_per_instance;
+  const Chunks chunks(s.instances, s.rows);
   const int64_t part_size = features * padded_width + padded_width;
   // Each chunk's dw [features, padded_width] and dbias, summed below in chunk order.
-  std::vector<float> partial(chunks * part_size, 0.0f);
+  std::vector<float> partial(chunks.count * part_size, 0.0f);
   const float* px = x.typed_data();
   const float* pw = w.typed_data();
   const float* pb = bias.typed_data();
@@ -252,17 +258,15 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   float* pdx = dx->typed_data();
   float* pdh0 = dh0->typed_data();
   float* pp = partial.data();
-  ParallelFor(pool, chunks, [=](int64_t c) {
-    const int64_t v = c / chunks_per_instance;
-    const int64_t first = v * s.rows + (c % chunks_per_instance) * per_chunk;
-    const int64_t end = std::min(v * s.rows + s.rows, first + per_chunk);
+  ParallelFor(pool, chunks.count, [=](int64_t c) {
+    const int64_t v = chunks.Instance(c);
     const Weights weights(s, pw + v * features * width, pb + v * width);
     float* dw_c = pp + c * part_size;
     float* db_c = dw_c + features * padded_width;
     // One row's k_t (then its cotangent, in place), h_{t-1}, and dx padded.
     std::vector<float> k(time * padded_width), previous(time * units), h(units);
     std::vector<float> dx_row(input_gradient ? time * weights.padded_features : 0);
-    for (int64_t r = first; r < end; ++r) {
+    for (int64_t r = chunks.First(c), end = chunks.End(c); r < end; ++r) {
       const float* x_r = px + r * time * features;
       const float* m_r = pm + r * time;
       std::memcpy(h.data(), p0 + r * units, units * sizeof(float));
@@ -281,7 +285,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
           continue;
         }
         const float* __restrict h_prev = previous.data() + t * units;
-        const float* __restrict b_z = pb + v * width;
+        const float* __restrict b_z = weights.bias;
         const float* __restrict b_h = b_z + units;
         for (int64_t u = 0; u < units; ++u) {
           const Gates q = GatesOf(k_z[u] + b_z[u], k_h[u] + b_h[u]);
@@ -314,7 +318,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
     float* db_v = pdb + v * width;
     std::memset(dw_v, 0, features * width * sizeof(float));
     std::memset(db_v, 0, width * sizeof(float));
-    for (int64_t c = v * chunks_per_instance; c < (v + 1) * chunks_per_instance; ++c) {
+    for (int64_t c = v * chunks.per_instance; c < (v + 1) * chunks.per_instance; ++c) {
       const float* part = pp + c * part_size;
       for (int64_t f = 0; f < features; ++f)
         for (int64_t j = 0; j < width; ++j) dw_v[f * width + j] += part[f * padded_width + j];
@@ -326,28 +330,27 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
 
 }  // namespace
 
+// What both passes take: XLA's thread pool, then x, w, bias, h0, mask.
+static auto BindLayerInputs() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()   // x
+      .Arg<ffi::Buffer<ffi::F32>>()   // w
+      .Arg<ffi::Buffer<ffi::F32>>()   // bias
+      .Arg<ffi::Buffer<ffi::F32>>()   // h0
+      .Arg<ffi::Buffer<ffi::F32>>();  // mask
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxMinGruForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // hs
+                              BindLayerInputs()
+                                  .Ret<ffi::Buffer<ffi::F32>>()    // hs
                                   .Ret<ffi::Buffer<ffi::F32>>());  // last
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxMinGruBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // g_hs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // g_last
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dw
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dbias
+                              BindLayerInputs()
+                                  .Arg<ffi::Buffer<ffi::F32>>()    // g_hs
+                                  .Arg<ffi::Buffer<ffi::F32>>()    // g_last
+                                  .Ret<ffi::Buffer<ffi::F32>>()    // dx
+                                  .Ret<ffi::Buffer<ffi::F32>>()    // dw
+                                  .Ret<ffi::Buffer<ffi::F32>>()    // dbias
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dh0
