@@ -4,12 +4,14 @@
                            [--steps=20] [--rounds=1] [--sections=steps,sampler,epoch]
   python -m benchmarks.run --accelerator    # every layout and the accelerator peers
 
-rnn_jax is `rnn_jax` (the platform's default implementation) and, per implementation,
-`rnn_jax_per_gate`, `rnn_jax_fused`, `rnn_jax_scan` (see rnn_jax.recurrent); `rnn_jax_bf16` is
-`rnn_jax` with `--compute_dtype=bfloat16` (mixed precision, rnn_jax.precision).
---accelerator times the steps of every task for every rnn_jax implementation, Flax,
-PyTorch (cuDNN on a GPU) and jax.experimental.rnn's cuDNN LSTM, one round, on whatever
-device JAX and PyTorch find: the GPU table of docs/performance.md, in a few minutes.
+rnn_jax is `rnn_jax` (implementation="auto": the platform's backend for each layer) and,
+per backend (rnn_jax.backends), `rnn_jax_per_gate`, `rnn_jax_fused`, `rnn_jax_scan`,
+`rnn_jax_native` (minGRU's opt-in CPU kernel) and `rnn_jax_cudnn` (cuDNN's LSTM, GPU);
+a backend that cannot compute a task's layers is reported as unsupported there.
+`rnn_jax_bf16` is `rnn_jax` with `--compute_dtype=bfloat16` (mixed precision,
+rnn_jax.precision). --accelerator times the steps of every task for every rnn_jax
+backend, Flax, PyTorch (cuDNN on a GPU) and jax.experimental.rnn's cuDNN LSTM, one round,
+on whatever device JAX and PyTorch find: the GPU table of docs/performance.md.
 
 steps:   every (framework, task) pair runs in its own subprocess (Keras's backend is fixed
          at import; peak memory is per pair) on the same batch (`benchmarks.tasks`): one
@@ -22,7 +24,7 @@ epoch:   wall time of one lecture epoch (Jena: 500 GRU steps; IMDB: 157 LSTM ste
          through rnn_jax's jitted train step against Keras's `fit` on the same batches.
 
 Every worker, whatever its framework, first lets glibc keep freed memory
-(`rnn_jax.train.keep_freed_memory`, which rnn_jax's `fit` does for its users), so that
+(`rnn_jax.train.keep_freed_memory`, which the experiments call too), so that
 the table compares the frameworks' code and not their processes' allocator settings;
 `--nokeep_freed_memory` measures each framework's process as it comes.
 """
@@ -47,10 +49,12 @@ from benchmarks.lecture_generator import lecture_generator
 from rnn_jax import errors
 from rnn_jax.errors import UserError
 
-IMPLEMENTATIONS = ("rnn_jax_per_gate", "rnn_jax_fused", "rnn_jax_scan")
-FRAMEWORKS = ("rnn_jax", "rnn_jax_one_device", *IMPLEMENTATIONS, "rnn_jax_bf16", "flax", "keras_jax", "torch",
-              "keras_tf", "jax_cudnn")
-ACCELERATOR_FRAMEWORKS = ("rnn_jax", *IMPLEMENTATIONS, "flax", "torch", "jax_cudnn")
+IMPLEMENTATIONS = ("rnn_jax_per_gate", "rnn_jax_fused", "rnn_jax_scan", "rnn_jax_native",
+                   "rnn_jax_cudnn")
+FRAMEWORKS = ("rnn_jax", "rnn_jax_one_device", *IMPLEMENTATIONS, "rnn_jax_bf16", "flax",
+              "keras_jax", "torch", "keras_tf", "jax_cudnn")
+ACCELERATOR_FRAMEWORKS = ("rnn_jax", "rnn_jax_per_gate", "rnn_jax_fused", "rnn_jax_scan",
+                          "rnn_jax_cudnn", "flax", "torch", "jax_cudnn")
 SECTIONS = ("steps", "sampler", "epoch")
 
 _TASKS = flags.DEFINE_list("tasks", list(tasks_lib.TASKS), "Tasks to time.")

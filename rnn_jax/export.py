@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import cpu_kernels
+from rnn_jax import backends, layers
 
 
 def exported(predictor, platforms: Optional[Sequence[str]] = None) -> jax.export.Exported:
@@ -27,12 +27,18 @@ def exported(predictor, platforms: Optional[Sequence[str]] = None) -> jax.export
   record = predictor.record
   (batch,) = jax.export.symbolic_shape("batch")
   spec = jax.ShapeDtypeStruct((batch, *record["input_shape"]), jnp.dtype(record["input_dtype"]))
-  fn = predictor.predictions_fn()
+  fn = predictor.predictions_fn(_exportable(predictor.model))
   params = jax.tree.map(jnp.asarray, predictor.params)
-  # Traced without the native CPU kernels: an artifact cannot carry their custom calls.
-  with cpu_kernels.disabled():
-    return jax.export.export(jax.jit(lambda x: fn(params, x)),
-                             platforms=None if platforms is None else tuple(platforms))(spec)
+  return jax.export.export(jax.jit(lambda x: fn(params, x)),
+                           platforms=None if platforms is None else tuple(platforms))(spec)
+
+
+def _exportable(model):
+  """`model` with "auto" for each recurrent layer whose backend lowers to a custom call
+  that an artifact cannot carry (`Backend.exportable`: the native CPU kernel)."""
+  return layers.with_implementation(
+      model, lambda chosen: chosen if chosen == "auto" or backends.get(chosen).exportable
+      else "auto")
 
 
 def export(predictor, path: os.PathLike, platforms: Optional[Sequence[str]] = None) -> Path:

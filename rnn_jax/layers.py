@@ -101,16 +101,18 @@ class Flatten:
 class Dropout:
   """Inverted dropout at `rate`, a fresh mask for every element; identity in inference."""
   rate: float
+  takes_batch_axis_name: ClassVar[bool] = True  # see `Sequential.apply`
 
   def init(self, key, input_shape: Shape):
     return {}, input_shape
 
-  def apply(self, params, x, mask=None, *, training=False, key=None):
+  def apply(self, params, x, mask=None, *, training=False, key=None, batch_axis_name=None):
     if not training or self.rate <= 0.0:
       return x, mask
     if key is None:
       raise ValueError("Dropout in training needs a PRNG key: pass key=...")
-    return x * recurrent.dropout_mask(key, self.rate, x.shape, x.dtype), mask
+    return x * recurrent.dropout_mask(key, self.rate, x.shape, x.dtype,
+                                      batch_axis_name=batch_axis_name), mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +122,8 @@ class RNN:
   <float32>[batch, time, features] (or `recurrent.Embedded`) -> [batch, time, units]
   with `return_sequences`, else [batch, units]. With `return_state` the output is
   `(y, *carry_leaves)` as in Keras (`(y, h)` for GRU and SimpleRNN, `(y, h, c)` for
-  LSTM); use it as a stack's last layer. `implementation` is the unroll's ("auto": the
-  platform's fast path where the cell has one).
+  LSTM); use it as a stack's last layer. `implementation` is the unroll's backend
+  (`rnn_jax.backends`; "auto": the platform's choice for the cell).
   """
   cell: cells.Cell
   units: int
@@ -135,6 +137,7 @@ class RNN:
   implementation: str = "auto"
   method: str = "deer"  # implementation="parallel"'s Newton method
   takes_embedded: ClassVar[bool] = True  # see `Sequential`
+  takes_batch_axis_name: ClassVar[bool] = True  # see `Sequential.apply`
 
   def __post_init__(self):
     if isinstance(self.units, bool) or not hasattr(self.units, "__index__") or self.units < 1:
@@ -159,10 +162,12 @@ class RNN:
                        jax.ShapeDtypeStruct((1, features), jnp.float32))[1]
     return params, ((time, y.shape[-1]) if self.return_sequences else (y.shape[-1],))
 
-  def apply(self, params, x, mask=None, *, training=False, key=None, initial_carry=None):
+  def apply(self, params, x, mask=None, *, training=False, key=None, initial_carry=None,
+            batch_axis_name=None):
     y, carry = recurrent.unroll(
         **self.unroll_kwargs(params, x, mask, training=training, key=key,
-                             initial_carry=initial_carry), unroll=self.unroll)
+                             initial_carry=initial_carry, batch_axis_name=batch_axis_name),
+        unroll=self.unroll)
     return self.outputs(y, carry, mask)
 
   def check_inputs(self, params, x, mask=None):
@@ -201,12 +206,12 @@ class RNN:
     return x
 
   def unroll_kwargs(self, params, x, mask=None, *, training=False, key=None,
-                    initial_carry=None) -> dict:
+                    initial_carry=None, batch_axis_name=None) -> dict:
     """The arguments of `recurrent.unroll` (but `unroll`) for this layer on x."""
     x = self.check_inputs(params, x, mask)
     return dict(cell=self.cell, params=params, inputs=x, units=self.units,
                 initial_carry=initial_carry, implementation=self.implementation,
-                method=self.method,
+                method=self.method, batch_axis_name=batch_axis_name,
                 mask=mask, go_backwards=self.go_backwards,
                 return_sequences=self.return_sequences,
                 zero_output_for_mask=self.zero_output_for_mask, dropout=self.dropout,
@@ -275,6 +280,7 @@ class Bidirectional:
   backward_layer: Optional[RNN] = None
   zero_output_for_mask: bool = True
   takes_embedded: ClassVar[bool] = True  # see `Sequential`
+  takes_batch_axis_name: ClassVar[bool] = True  # see `Sequential.apply`
 
   def __post_init__(self):
     if self.merge_mode not in MERGE_MODES:
@@ -309,15 +315,16 @@ class Bidirectional:
       shape = shape_f
     return {"forward": p_f, "backward": p_b}, shape
 
-  def apply(self, params, x, mask=None, *, training=False, key=None):
+  def apply(self, params, x, mask=None, *, training=False, key=None, batch_axis_name=None):
     k_f = k_b = None
     if key is not None:
       k_f, k_b = jax.random.split(key)
     # Both directions in one loop (see `recurrent.unroll_together`).
     forward, backward = self.forward, self.backward
+    options = dict(training=training, batch_axis_name=batch_axis_name)
     (y_f, carry_f), (y_b, carry_b) = recurrent.unroll_together(
-        [forward.unroll_kwargs(params["forward"], x, mask, training=training, key=k_f),
-         backward.unroll_kwargs(params["backward"], x, mask, training=training, key=k_b)],
+        [forward.unroll_kwargs(params["forward"], x, mask, key=k_f, **options),
+         backward.unroll_kwargs(params["backward"], x, mask, key=k_b, **options)],
         unroll=forward.unroll)
     y_f, _ = forward.outputs(y_f, carry_f, mask)
     y_b, _ = backward.outputs(y_b, carry_b, mask)
@@ -366,24 +373,34 @@ class Sequential:
       params.append(p)
     return tuple(params)
 
-  def apply(self, params, x, *, training: bool = False, key=None, mask=None):
+  def apply(self, params, x, *, training: bool = False, key=None, mask=None,
+            batch_axis_name=None):
+    """The stack's output. `batch_axis_name`: inside `shard_map`, the mesh axis the batch
+    is split over, for the layers that draw dropout masks (`takes_batch_axis_name`): each
+    shard then gets its rows of the whole batch's masks (`recurrent.dropout_mask`)."""
     following = self.layers[1:] + (None,)
     for i, (layer, p, after) in enumerate(zip(self.layers, params, following)):
       if isinstance(layer, Embedding) and getattr(after, "takes_embedded", False):
         x, mask = layer.apply_embedded(p, x, mask)
         continue
       layer_key = None if key is None else jax.random.fold_in(key, i)
-      x, mask = layer.apply(p, x, mask, training=training, key=layer_key)
+      sharded = ({"batch_axis_name": batch_axis_name}
+                 if batch_axis_name is not None and getattr(layer, "takes_batch_axis_name", False)
+                 else {})
+      x, mask = layer.apply(p, x, mask, training=training, key=layer_key, **sharded)
     return x
 
 
-def with_implementation(model, implementation: str):
+def with_implementation(model, implementation):
   """`model` (a layer or a `Sequential`) with every recurrent layer's unroll
-  `implementation` set (see `rnn_jax.recurrent`); other layers as they are."""
+  `implementation` set (a backend's name or `backends.Backend`, see `rnn_jax.backends`),
+  or, for a callable, set to implementation(the layer's own); other layers as they are."""
   if isinstance(model, Sequential):
     return Sequential([with_implementation(layer, implementation) for layer in model.layers])
   if isinstance(model, RNN):
-    return dataclasses.replace(model, implementation=implementation)
+    chosen = (implementation(model.implementation) if callable(implementation)
+              and not isinstance(implementation, str) else implementation)
+    return dataclasses.replace(model, implementation=chosen)
   if isinstance(model, Bidirectional):
     backward = model.backward_layer and with_implementation(model.backward_layer, implementation)
     return dataclasses.replace(model, layer=with_implementation(model.layer, implementation),

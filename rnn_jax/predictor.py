@@ -89,9 +89,12 @@ class Predictor:
     """Predictions from preprocessed inputs: the function `rnn_jax.export` exports."""
     return self._chunked(self._predict, x)
 
-  def predictions_fn(self):
-    """(params, x) -> predictions, a pure function of arrays (for export)."""
-    return lambda p, x: self._postprocess(self._computing.apply(p, x, training=False))
+  def predictions_fn(self, model=None):
+    """(params, x) -> predictions, a pure function of arrays (for export); `model`: the
+    same model computed otherwise (other backends), instead of the predictor's."""
+    computing = (self._computing if model is None
+                 else precision.with_compute_dtype(model, self.compute_dtype))
+    return lambda p, x: self._postprocess(computing.apply(p, x, training=False))
 
   def _postprocess(self, y):
     if self.kind == "imdb":

@@ -1,6 +1,7 @@
-"""implementation="native" (`rnn_jax.cpu_kernels`): minGRU's compiled CPU kernel equals the
-portable forms ("scan", "linear_scan") in values and gradients, under every option of the
-unroll, vmap, any batch size, and falls back where it cannot run."""
+"""implementation="native" (`rnn_jax.cpu_kernels`): what the equality matrix
+(tests/test_backends.py) does not cover: the kernel's own shapes and row chunks, vmap,
+bit-identical repeats, the opt-in, and the fallback where it cannot be built. Its build's
+safety is tests/test_native_build.py."""
 import os
 import shutil
 
@@ -42,36 +43,6 @@ def _value_and_grads(implementation, x, mask, units, with_carry=False, **options
     return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(y))
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, x, carry)
-
-
-def test_built_and_chosen_by_default():
-  assert cpu_kernels.available()
-  cell = layers.MinGRU(4).cell
-  assert recurrent.resolve_implementation(cell) == "native"
-  assert recurrent.resolve_implementation(layers.MinLSTM(4).cell) == "linear_scan"
-  with cpu_kernels.disabled():
-    assert recurrent.resolve_implementation(cell) == "linear_scan"
-  with pytest.raises(ValueError, match="no native kernel computes min_lstm"):
-    recurrent.resolve_implementation(layers.MinLSTM(4).cell, "native")
-
-
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(return_sequences=True),
-    dict(masked=True, return_sequences=True, go_backwards=True),
-    dict(masked=True, return_sequences=True, return_state=True),
-    dict(masked=True, zero_output_for_mask=True, return_sequences=True),
-    dict(masked=True, zero_output_for_mask=True),
-    dict(dropout=0.3, with_carry=True),
-    dict(masked=True, go_backwards=True, with_carry=True),
-])
-def test_equals_linear_scan_under_every_option(options):
-  """Values and the gradients of parameters, inputs and initial carry."""
-  options = dict(options)
-  x, mask = _inputs(6, 37, 6)
-  mask = mask if options.pop("masked", False) else None
-  _close(_value_and_grads("native", x, mask, 9, **options),
-         _value_and_grads("linear_scan", x, mask, 9, **options))
 
 
 @pytest.mark.parametrize("shape", [(3, 11, 4, 5), (2, 5, 1, 16), (9, 3, 17, 33)])
@@ -119,41 +90,40 @@ def test_vmap_over_parameters_and_inputs():
   _close(run("native"), run("linear_scan"))
 
 
-def test_bidirectional_and_stacked():
-  x, mask = _inputs(3, 9, 4, seed=3)
-
-  def run(implementation):
-    model = layers.Sequential([
-        layers.Bidirectional(layers.MinGRU(5, return_sequences=True,
-                                           implementation=implementation)),
-        layers.MinGRU(6, implementation=implementation), layers.Dense(1)])
-    params = model.init(jax.random.PRNGKey(0), x)
-    loss = lambda p, x: jnp.sum(jnp.sin(model.apply(p, x, mask=mask)))
-    return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
-
-  _close(run("native"), run("scan"))
+def _lowered(layer, params, x) -> str:
+  return jax.jit(lambda p, x: layer.apply(p, x)[0]).lower(params, x).as_text()
 
 
-def test_other_dtypes_and_export_take_the_portable_path():
+def test_opt_in_never_auto_and_export_takes_the_portable_path(tmp_path):
+  """"auto" never builds or picks the kernel; implementation="native" lowers to it; an
+  export of a model asking for it computes "auto" instead (an artifact cannot carry a
+  custom call); results.json's record of the backends does not build it."""
+  from rnn_jax import export
+  from rnn_jax.train import provenance
   x, _ = _inputs(2, 6, 3)
-  layer = layers.MinGRU(4)
-  params, _ = layer.init(jax.random.PRNGKey(0), x.shape[1:])
-  lowered = lambda p, x: jax.jit(lambda p, x: layer.apply(p, x)[0]).lower(p, x).as_text()
-  assert "rnn_jax_min_gru_forward" in lowered(params, x)
-  half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), (params, x))
-  assert "rnn_jax_min_gru_forward" not in lowered(*half)
-  np.testing.assert_allclose(
-      np.asarray(layer.apply(*half)[0], np.float32),
-      np.asarray(layers.MinGRU(4, implementation="linear_scan").apply(*half)[0], np.float32))
-  with cpu_kernels.disabled():
-    assert "rnn_jax_min_gru_forward" not in lowered(params, x)
+  native = layers.MinGRU(4, implementation="native")
+  params, _ = native.init(jax.random.PRNGKey(0), x.shape[1:])
+  assert recurrent.resolve_implementation(native.cell) == "linear_scan"
+  assert "rnn_jax_min_gru_forward" not in _lowered(layers.MinGRU(4), params, x)
+  assert "rnn_jax_min_gru_forward" in _lowered(native, params, x)
+  model = layers.Sequential([native, layers.Dense(1)])
+  portable = export._exportable(model)
+  assert portable.layers[0].implementation == "auto"
+  assert provenance.backends(model) == [{"layer": "layers[0]", "cell": "min_gru",
+                                         "implementation": "native", "backend": "native"}]
 
 
-def test_a_compiler_that_fails_warns_and_falls_back(monkeypatch, tmp_path):
+def test_a_compiler_that_fails_warns_and_computes_by_linear_scan(monkeypatch, tmp_path):
   monkeypatch.setattr(cpu_kernels, "_loaded", None)
   monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
-  monkeypatch.setenv("RNN_JAX_KERNEL_CACHE", str(tmp_path))
-  with pytest.warns(RuntimeWarning, match="could not be built"):
-    assert not cpu_kernels.available()
-  assert recurrent.resolve_implementation(layers.MinGRU(3).cell) == "linear_scan"
-  assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+  monkeypatch.setenv("RNN_JAX_KERNEL_CACHE", str(tmp_path / "cache"))
+  x, mask = _inputs(3, 5, 2)
+  native = layers.MinGRU(4, implementation="native", return_sequences=True)
+  params, _ = native.init(jax.random.PRNGKey(0), x.shape[1:])
+  with pytest.warns(RuntimeWarning, match="the native CPU kernel is not used"):
+    lowered = _lowered(native, params, x)
+  assert "rnn_jax_min_gru_forward" not in lowered
+  _close(native.apply(params, x, mask=mask)[0],
+         layers.MinGRU(4, implementation="linear_scan", return_sequences=True).apply(
+             params, x, mask=mask)[0])
+  assert not any(p.suffix == ".so" for p in (tmp_path / "cache").glob("*"))

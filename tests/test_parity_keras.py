@@ -228,3 +228,30 @@ def test_functional_model_is_rejected():
   model = keras.Model(inputs, kl.LSTM(3)(inputs))
   with pytest.raises(ValueError, match="Sequential"):
     interop.from_keras(model)
+
+
+@pytest.mark.parametrize("kind", ["simple_rnn", "lstm", "gru"])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_initial_state_and_leading_padding(kind, go_backwards):
+  """A nonzero initial state with padding before a sequence's first real step: Keras
+  outputs the initial state's h at those steps (its "previous output" is the first
+  state), and so does every rnn_jax backend."""
+  from rnn_jax import layers  # pylint: disable=import-outside-toplevel
+  x, mask = _floats(), np.ones((BATCH, TIME), bool)
+  mask[0, :3] = mask[1, -2:] = False
+  mask[2, :] = False  # no real step at all
+  keras_layer = {"simple_rnn": kl.SimpleRNN, "lstm": kl.LSTM, "gru": kl.GRU}[kind](
+      3, return_sequences=True, go_backwards=go_backwards)
+  states = [np.full((BATCH, 3), 0.5, "float32"), np.full((BATCH, 3), -0.3, "float32")]
+  states = states[:2 if kind == "lstm" else 1]
+  keras_layer(x, mask=mask, initial_state=states)
+  _randomize(keras_layer)
+  expected = np.asarray(keras_layer(x, mask=mask, initial_state=states))
+  ours = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}[kind]
+  params = {w.path.split("/")[-1]: np.asarray(w) for w in keras_layer.weights}
+  carry = tuple(states) if kind == "lstm" else states[0]
+  for implementation in ("scan", "per_gate", "fused", "recompute"):
+    layer = ours(3, return_sequences=True, go_backwards=go_backwards,
+                 implementation=implementation)
+    got = layer.apply(params, x, mask=mask, initial_carry=carry)[0]
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=0, atol=TOLERANCE)

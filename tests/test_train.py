@@ -236,3 +236,29 @@ def test_keep_freed_memory_raises_glibc_thresholds(monkeypatch):
   monkeypatch.setattr(runtime.sys, "platform", "darwin")
   calls.clear()
   assert not runtime.keep_freed_memory() and not calls
+
+
+def test_fit_changes_no_process_wide_allocator_setting(tmp_path, monkeypatch):
+  """`fit` never calls glibc's mallopt (`train.keep_freed_memory` is the caller's choice),
+  and records which backend computes each recurrent layer."""
+  import ctypes
+  calls = []
+  real_cdll = ctypes.CDLL
+
+  class Recording(real_cdll):
+    def __getattr__(self, name):
+      if name == "mallopt":
+        calls.append(name)
+      return super().__getattr__(name)
+
+  monkeypatch.setattr(ctypes, "CDLL", Recording)
+  assert train.keep_freed_memory() in (True, False) and calls == ["mallopt"]  # it is seen
+  calls.clear()
+  model = layers.Sequential([layers.GRU(4, dropout=0.1), layers.Dense(1)])
+  result = train.fit(model, _data(), loss="mse", options=_options(tmp_path / "run", epochs=1))
+  assert calls == []
+  backend = "per_gate" if jax.default_backend() == "cpu" else "fused"
+  assert result.results["config"]["backends"] == [
+      {"layer": "layers[0]", "cell": "gru", "implementation": "auto", "backend": backend}]
+  saved = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert saved["config"]["backends"] == result.results["config"]["backends"]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import two_state_cell
 from rnn_jax import layers, recurrent, train
 from rnn_jax.data.batches import ArrayBatches
 
@@ -35,26 +36,7 @@ def _ind_rnn():
   return types.SimpleNamespace(init=init, initial_carry=initial_carry, step=step)
 
 
-def _two_state_cell():
-  """A carry of two arrays and an output that is neither of them (2*units wide)."""
-
-  def init(key, input_size, units):
-    return (jax.random.normal(key, (input_size, units)) * 0.5, jnp.full((units,), 0.9))
-
-  def initial_carry(batch_size, units, dtype=jnp.float32):
-    return {"fast": jnp.zeros((batch_size, units), dtype),
-            "slow": jnp.zeros((batch_size, units), dtype)}
-
-  def step(params, carry, x_t):
-    w, decay = params
-    fast = jnp.tanh(x_t @ w + 0.5 * carry["fast"])
-    slow = decay * carry["slow"] + (1 - decay) * fast
-    return {"fast": fast, "slow": slow}, jnp.concatenate([fast, slow], axis=-1)
-
-  return types.SimpleNamespace(init=init, initial_carry=initial_carry, step=step)
-
-
-CELLS = {"ind_rnn": _ind_rnn, "two_state": _two_state_cell}
+CELLS = {"ind_rnn": _ind_rnn, "two_state": two_state_cell}
 
 
 def _inputs(seed=0):

@@ -15,8 +15,10 @@ from typing import Optional
 import jax
 import numpy as np
 
+from benchmarks.peers import Unsupported
 from benchmarks.tasks import BATCH, LEARNING_RATE, Task, layer_stack
 from rnn_jax import layers, optim, precision, train
+from rnn_jax.train import provenance
 
 _LOSSES = {"mae": "mae", "bce": "bce_logits"}
 
@@ -36,6 +38,10 @@ def make_step_fn(task: Task, num_devices: Optional[int] = None, implementation: 
     train.cpu_devices_per_core(1, BATCH)  # as the experiments do, before JAX computes
   placement = train.Placement.make(num_devices, BATCH)
   net = precision.with_compute_dtype(model(task, implementation), compute_dtype)
+  try:  # a backend that cannot compute this task's layers (native: minGRU on CPU only)
+    provenance.backends(net, compute_dtype)
+  except ValueError as e:
+    raise Unsupported(str(e)) from None
   optimizer = optim.keras_rmsprop(LEARNING_RATE)
   loss = _LOSSES[task.loss]
   step_fn = train.make_train_step(net, optimizer, loss, (), placement)

@@ -17,6 +17,7 @@ on CPU to check the packing and the shifts.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 from jax.experimental import rnn
 
 from rnn_jax import activations
+from rnn_jax.backends.base import Backend
 from rnn_jax.cells.base import GatedCell
 from rnn_jax.cells.lstm import lstm as _lstm_cell
 
@@ -188,3 +190,32 @@ def lstm_layer(params, xs: Array, mask: Optional[Array], carry: tuple[Array, Arr
   nan = jnp.full_like(h, jnp.nan)
   return (jnp.where(bad[None], nan[None], hs),
           (jnp.where(bad, nan, h), jnp.where(bad, nan, c)))
+
+
+# ----------------------------------------------------------------------------- backend
+
+def _cells(cell) -> Optional[str]:
+  return why_not(cell, jnp.float32, recurrent_dropout=False)
+
+
+def _run(recurrence, *, lstm: Optional[Callable] = None):
+  """A `Recurrence` by `lstm_layer`, a mask cuDNN cannot take by the "fused" loop."""
+  from rnn_jax.backends import fused, loop  # pylint: disable=import-outside-toplevel
+  every_step = recurrence._replace(return_sequences=True)
+  fallback = lambda: tuple(loop.run([every_step], [fused.loop_body(every_step)])[0])
+  hs, carry = lstm_layer(recurrence.params, recurrence.dropped_inputs(), recurrence.mask,
+                         recurrence.initial_state, lstm=lstm, fallback=fallback)
+  return (hs if recurrence.return_sequences else None), carry
+
+
+def backend(name: str = "cudnn", *, lstm: Optional[Callable] = None,
+            platforms: Optional[tuple] = ("gpu",)) -> Backend:
+  """The cuDNN backend; `lstm=reference_lstm, platforms=None` gives the same backend on
+  any platform through `jax.experimental.rnn.lstm_ref`, which the tests use on CPU."""
+  return Backend(name, "cuDNN's LSTM (jax.experimental.rnn) for LSTMs it computes exactly",
+                 cells=_cells, platforms=platforms, dtypes=("float32",),
+                 features=frozenset({"mask", "input_dropout"}),
+                 run=functools.partial(_run, lstm=lstm))
+
+
+CUDNN = backend()

@@ -60,15 +60,25 @@ class Gates(NamedTuple):
 class Linear(NamedTuple):
   """A cell whose step is linear in its state, h_t = a_t * h_{t-1} + b_t with (a_t, b_t)
   functions of x_t alone and output h_t (minGRU, minLSTM): the unroll then computes a
-  whole sequence's coefficients in one matmul and the states by one linear scan.
+  whole sequence's coefficients at once and the states by one linear scan.
 
-    coefficients(params, xs <[batch, time, features]>, log_space=False) -> (a, b)
-    <[batch, time, units]>, or (log a, log b) with `log_space` (then b > 0).
+    (kernel <[input, num_gates*units]>, bias <[num_gates*units]>) = input_projection(params)
+    gate_coefficients(params, [x_t @ kernel_g + bias_g for each gate g], log_space=False)
+      -> (a, b) <[..., units]>, or (log a, log b) with `log_space` (then b > 0).
 
-  Since a_t, b_t depend on x_t alone, `coefficients` takes any leading axes: the unroll
-  calls it on time-first inputs <[time, batch, features]>.
+  As with `Gates`, the backend decides how the projection is computed (one matmul per
+  gate, or one for all); `coefficients` is the plain form over any leading axes.
   """
-  coefficients: Callable[..., tuple[Array, Array]]
+  num_gates: int
+  input_projection: Callable[[Params], tuple[Array, Array]]
+  gate_coefficients: Callable[..., tuple[Array, Array]]
+
+  def coefficients(self, params: Params, xs: Array, log_space: bool = False
+                   ) -> tuple[Array, Array]:
+    """(a, b) <float32>[..., units] of inputs xs <float32>[..., features], or their logs."""
+    kernel, bias = self.input_projection(params)
+    gates = jnp.split(xs @ kernel + bias, self.num_gates, axis=-1)
+    return self.gate_coefficients(params, gates, log_space=log_space)
 
 
 class GatedCell(NamedTuple):

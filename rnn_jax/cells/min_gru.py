@@ -2,7 +2,8 @@
 
 A GRU and an LSTM stripped until their gates read only x_t: no recurrent kernel, no
 tanh on the state. Then h_t = a_t * h_{t-1} + b_t with a_t, b_t functions of x_t alone,
-and a whole sequence is one matmul and one linear scan (`rnn_jax.linear_scan`; the unroll's `associative` and `linear_scan` implementations).
+and a whole sequence is one matmul and one linear scan (`rnn_jax.linear_scan`; the unroll's
+`associative` and `linear_scan` backends).
 
   minGRU:  z_t = sigmoid(x_t W_z + b_z),  h~_t = g(x_t W_h + b_h)
            h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
@@ -63,9 +64,9 @@ class MinCell(NamedTuple):
   linear: Linear
   config: tuple = ()  # the factory's settings, none (see `GatedCell.config`)
 
-  @property
-  def coefficients(self) -> Callable[..., tuple[Array, Array]]:
-    return self.linear.coefficients
+  def coefficients(self, params, xs: Array, log_space: bool = False) -> tuple[Array, Array]:
+    """(a, b) <float32>[..., units] of inputs xs <float32>[..., features] (`Linear`)."""
+    return self.linear.coefficients(params, xs, log_space)
 
 
 def g(x: Array) -> Array:
@@ -92,16 +93,13 @@ def _initial_carry(batch_size, units, dtype=jnp.float32):
   return jnp.zeros((*shape, units), dtype)
 
 
-def _gates(params, x, num_gates):
-  """x @ kernel + bias, split into `num_gates` arrays <float32>[..., units].
+def _projection(params):
+  return params["kernel"], params["bias"]
 
-  One matmul per gate, over the kernel's columns for that gate: on CPU, elementwise code
-  that reads column slices of one [..., G*units] product is several times slower than
-  code that reads whole arrays (docs/performance.md, "minGRU's whole-sequence form").
-  """
-  kernels = jnp.split(params["kernel"], num_gates, axis=-1)
-  biases = jnp.split(params["bias"], num_gates, axis=-1)
-  return [x @ k + b for k, b in zip(kernels, biases)]
+
+def _gates(params, x, num_gates):
+  """x @ kernel + bias, split into `num_gates` arrays <float32>[..., units]."""
+  return jnp.split(x @ params["kernel"] + params["bias"], num_gates, axis=-1)
 
 
 def min_gru() -> MinCell:
@@ -112,13 +110,14 @@ def min_gru() -> MinCell:
     h = jax.nn.sigmoid(-k_z) * h + jax.nn.sigmoid(k_z) * g(k_h)
     return h, h
 
-  def coefficients(params, xs, log_space=False):
-    """xs <float32>[batch, time, features] -> (a, b) = (1 - z, z h~)
-    <float32>[batch, time, units]; logs with `log_space`:
+  def gate_coefficients(params, gates, log_space=False):
+    """[k_z, k_h] <float32>[..., units] -> (a, b) = (1 - z, z h~); logs with `log_space`:
     log z = -softplus(-k_z), log(1 - z) = -softplus(k_z)."""
-    k_z, k_h = _gates(params, xs, 2)
+    del params
+    k_z, k_h = gates
     if log_space:
       return -jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_g(k_h)
     return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * g(k_h)
 
-  return MinCell("min_gru", 2, _init(2), _initial_carry, step, Linear(coefficients))
+  return MinCell("min_gru", 2, _init(2), _initial_carry, step,
+                 Linear(2, _projection, gate_coefficients))

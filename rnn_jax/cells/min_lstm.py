@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 
 from rnn_jax.cells.base import Linear
-from rnn_jax.cells.min_gru import MinCell, _gates, _init, _initial_carry, g, log_g
+from rnn_jax.cells.min_gru import MinCell, _gates, _init, _initial_carry, _projection, g, log_g
 
 Array = jax.Array
 
@@ -28,14 +28,15 @@ def min_lstm() -> MinCell:
     h = jax.nn.sigmoid(-d) * h + jax.nn.sigmoid(d) * g(k_h)
     return h, h
 
-  def coefficients(params, xs, log_space=False):
-    """xs <float32>[batch, time, features] -> (a, b) = (f', i' h~)
-    <float32>[batch, time, units]; logs with `log_space`:
-    log f' = -softplus(d), log i' = -softplus(-d)."""
-    k_i, k_f, k_h = _gates(params, xs, 3)
+  def gate_coefficients(params, gates, log_space=False):
+    """[k_i, k_f, k_h] <float32>[..., units] -> (a, b) = (f', i' h~); logs with
+    `log_space`: log f' = -softplus(d), log i' = -softplus(-d)."""
+    del params
+    k_i, k_f, k_h = gates
     d = _log_gate_ratio(k_i, k_f)
     if log_space:
       return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_g(k_h)
     return jax.nn.sigmoid(-d), jax.nn.sigmoid(d) * g(k_h)
 
-  return MinCell("min_lstm", 3, _init(3), _initial_carry, step, Linear(coefficients))
+  return MinCell("min_lstm", 3, _init(3), _initial_carry, step,
+                 Linear(3, _projection, gate_coefficients))

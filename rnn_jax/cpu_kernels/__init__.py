@@ -1,5 +1,5 @@
-"""Native CPU kernels for whole recurrent layers, compiled on first use: the unroll's
-implementation="native" (`rnn_jax.recurrent`).
+"""Native CPU kernels for whole recurrent layers, compiled on first use: the "native"
+backend (`rnn_jax.backends.native`), which only an explicit implementation="native" uses.
 
 On a CPU, XLA computes minGRU's layer as several passes over [time, batch, units] arrays;
 where those are larger than the L2 cache, memory traffic bounds the step, and on a VM with
@@ -21,11 +21,7 @@ an optional speed path, as recurrentgemma's scan kernels are:
     no one else can write, and only if it matches the checksum recorded when it was
     built; concurrent processes build it once (a file lock). Whatever stops it (no
     compiler, no usable cache directory, a failed build) is one RuntimeWarning and
-    False: the unroll then uses the portable path.
-  * `available()`: `load()`, unless the kernels are turned off (`disabled()`,
-    `RNN_JAX_NATIVE_KERNELS=0`).
-  * `disabled()`: a context in which `available()` is False, for code that must stay
-    portable, such as `rnn_jax.export` (a serialized artifact cannot carry a custom call).
+    False: the backend then computes the layer by "linear_scan".
 
 The layer functions take batch-first arrays and return the layer's outputs; float32 only.
 """
@@ -93,7 +89,6 @@ _VARYING = frozenset((
 
 _lock = threading.Lock()
 _loaded: Optional[bool] = None  # None: not tried yet in this process
-_disabled = threading.local()
 
 
 class _NotUsed(Exception):
@@ -103,25 +98,6 @@ class _NotUsed(Exception):
 def supports(cell) -> bool:
   """Whether a native kernel computes `cell` (by its name: minGRU)."""
   return getattr(cell, "name", None) in KERNEL_CELLS
-
-
-@contextlib.contextmanager
-def disabled():
-  """Within this context `available()` is False: the unroll traces the portable path."""
-  previous = getattr(_disabled, "value", False)
-  _disabled.value = True
-  try:
-    yield
-  finally:
-    _disabled.value = previous
-
-
-def available() -> bool:
-  """The kernels are built and registered with XLA (`load()`), and not turned off
-  (`disabled()`, `RNN_JAX_NATIVE_KERNELS=0`)."""
-  if getattr(_disabled, "value", False) or os.environ.get("RNN_JAX_NATIVE_KERNELS") == "0":
-    return False
-  return load()
 
 
 def load() -> bool:

@@ -38,7 +38,6 @@ from rnn_jax.train import rundir
 from rnn_jax.train import saved as run_files
 from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions
 from rnn_jax.train.placement import Placement, put
-from rnn_jax.train.runtime import keep_freed_memory
 from rnn_jax.train.step import (TrainState, init_params, init_state, make_eval_step,
                                 make_train_step, new_totals, run_eval)
 
@@ -96,7 +95,6 @@ def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
     each replica's from its own best epoch.
   """
   metrics_lib.check_names(loss, metrics)
-  keep_freed_memory()
   steps_per_epoch = options.steps_per_epoch or batches.steps_per_epoch
   if steps_per_epoch > batches.steps_per_epoch:
     raise UserError(f"--steps_per_epoch={steps_per_epoch} but the data has only "
@@ -121,7 +119,8 @@ def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
                  "compute_dtype": options.compute_dtype,
                  "seed": options.seed, "num_seeds": options.num_seeds,
                  "mesh": dict(placement.mesh.shape), **(model_config or {}),
-                 "architecture": provenance.architecture(model)}
+                 "architecture": provenance.architecture(model),
+                 "backends": provenance.backends(model, options.compute_dtype)}
     return _fit(model, batches, loss, tuple(metrics), options, target_unit,
                 {"config": effective, **(extra_results or {})}, workdir, sigint, placement,
                 steps_per_epoch, val_steps, optimizer, preprocessing)

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Optional
 
 from absl import flags
 
-from rnn_jax import optim
+from rnn_jax import backends, optim
 from rnn_jax.errors import UserError
 
 # Flags that may differ between a run and its resumption.
@@ -50,11 +50,11 @@ def define_flags(**defaults) -> flags.FlagValues:
                       "(Keras's default, True) or before it (the lecture's formula, False).")
     flags.DEFINE_enum("head", "dense", ("dense", "maxout"), "The output layers: Dense, or "
                       "Maxout (2 pieces, --units wide) then Dense.")
-    flags.DEFINE_enum("implementation", "auto", ("auto", "scan", "recompute", "per_gate", "fused",
-                                                 "associative", "linear_scan", "native"),
-                      "How recurrent layers run their loop (rnn_jax.recurrent): auto picks "
-                      "the platform's fast path; associative, linear_scan and native are "
-                      "for min_gru/min_lstm (native: min_gru's CPU kernel).")
+    flags.DEFINE_enum("implementation", "auto", backends.names(),
+                      "The backend that computes the recurrent layers' loop "
+                      "(rnn_jax.backends): auto picks the platform's choice for each cell; "
+                      "native (min_gru's CPU kernel, built with the machine's C++ compiler) "
+                      "is only used when named.")
     flags.DEFINE_integer("log_every_steps", 50, "Log the training loss to TensorBoard "
                          "every this many steps (0: only per epoch).")
     _define_model_io_flags()

@@ -57,17 +57,41 @@ def git_state(directory: Path = _PACKAGE_DIR) -> Optional[dict]:
 
 
 def devices() -> dict:
-  """The devices JAX computes on: platform, kind and count, per process and in all; on CPU,
-  whether the native kernels were built (`rnn_jax.cpu_kernels`: then implementation="auto"
-  runs minGRU by its kernel)."""
-  from rnn_jax import cpu_kernels  # pylint: disable=import-outside-toplevel
+  """The devices JAX computes on: platform, kind and count, per process and in all."""
   local = jax.local_devices()
-  described = {"platform": local[0].platform, "kind": local[0].device_kind,
-               "local": len(local), "global": jax.device_count(),
-               "processes": jax.process_count()}
-  if local[0].platform == "cpu":
-    described["native_cpu_kernels"] = cpu_kernels.available()
-  return described
+  return {"platform": local[0].platform, "kind": local[0].device_kind,
+          "local": len(local), "global": jax.device_count(), "processes": jax.process_count()}
+
+
+def backends(model: Any, compute_dtype: str = "float32") -> list:
+  """Which backend (`rnn_jax.backends`) computes each recurrent layer of `model` in
+  training on this platform: [{"layer": "layers[1].forward", "cell": "lstm",
+  "implementation": "auto", "backend": "per_gate"}, ...]."""
+  from rnn_jax import backends as registry, layers  # pylint: disable=import-outside-toplevel
+  found = []
+
+  def visit(node, path):
+    if isinstance(node, layers.RNN):
+      features = frozenset(name for name, rate in (("input_dropout", node.dropout),
+                                                   ("recurrent_dropout", node.recurrent_dropout))
+                           if rate > 0)
+      backend = registry.resolve(node.cell, node.implementation, dtype=compute_dtype,
+                                 features=features)
+      found.append({"layer": path, "cell": registry.cell_name(node.cell),
+                    "implementation": getattr(node.implementation, "name",
+                                              node.implementation),
+                    "backend": backend.name})
+    elif isinstance(node, layers.Bidirectional):
+      visit(node.forward, f"{path}.forward")
+      visit(node.backward, f"{path}.backward")
+    elif isinstance(node, layers.Sequential):
+      for i, layer in enumerate(node.layers):
+        visit(layer, f"{path}[{i}]" if path else f"layers[{i}]")
+    elif hasattr(node, "model"):  # a wrapper such as precision.MixedPrecision
+      visit(node.model, path)
+
+  visit(model, "")
+  return found
 
 
 def environment(started: str) -> dict:

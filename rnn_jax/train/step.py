@@ -11,6 +11,7 @@ vmapped over each device's replicas.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
@@ -20,7 +21,6 @@ import numpy as np
 import optax
 
 from rnn_jax import metrics as metrics_lib
-from rnn_jax import recurrent
 from rnn_jax.train.placement import Placement, put
 
 
@@ -64,7 +64,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
 
   Each device differentiates the loss summed over its rows and the sums are added over
   'data' (`Placement.data_parallel_step`). Dropout masks are drawn for the whole batch
-  (`recurrent.batch_shards`), so a run's numbers do not depend on the device count.
+  (`batch_axis_name="data"`, for a model whose `apply` takes it, as `layers.Sequential`'s
+  does), so a run's numbers do not depend on the device count.
   `totals` accumulates the epoch's weighted sums on the device (so the host never waits
   for a step), counts the steps, remembers the first step whose loss was not finite,
   and adds up the global norm of each step's gradient (before `optimizer` clips it) and
@@ -73,18 +74,18 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
   num_seeds = placement.num_seeds
   batched = (lambda f, *axes: jax.vmap(f, in_axes=axes)) if num_seeds > 1 else (
       lambda f, *axes: f)
+  sharded = {"batch_axis_name": "data"} if _takes_batch_axis_name(model) else {}
 
   def parts(params, totals, seed, epoch, x, y, weight):
     """This device's rows: (metric sums, gradient of the loss sum)."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), totals["steps"])
 
     def objective(p, x, y, weight):
-      sums = metrics_lib.sums(loss, metrics, model.apply(p, x, training=True, key=key),
-                              y, weight)
+      sums = metrics_lib.sums(loss, metrics,
+                              model.apply(p, x, training=True, key=key, **sharded), y, weight)
       return sums["loss"], sums
 
-    with recurrent.batch_shards("data"):
-      (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params, x, y, weight)
+    (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params, x, y, weight)
     return sums, grads
 
   def update(state, sums, grads):
@@ -110,6 +111,15 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss: str,
   state_spec = TrainState(replicas, replicas, replicas, replicas)
   return placement.data_parallel_step(batched(parts, 0, 0, 0, None, 0, 0, 0),
                                       batched(update, 0, 0, 0), state_spec)
+
+
+def _takes_batch_axis_name(model) -> bool:
+  """Whether `model.apply` takes `batch_axis_name` (or any keyword, passing it on)."""
+  try:
+    parameters = inspect.signature(model.apply).parameters.values()
+  except (TypeError, ValueError):
+    return False
+  return any(p.name == "batch_axis_name" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 # ----------------------------------------------------------------------------- evaluation
