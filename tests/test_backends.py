@@ -84,7 +84,7 @@ def _computes(cell_name: str, backend_name: str) -> bool:
 # ----------------------------------------------------------------------------- features
 
 def _mask(kind: str, time: int) -> np.ndarray:
-  lengths = np.array([time, max(time - 2, 1), 1, 0])[:BATCH]
+  lengths = np.array([time, max(time - 2, 1), 1, 0, time // 2])[:BATCH]
   steps = np.arange(time)
   if kind == "trailing":  # right-padded rows, one without a real step
     return steps[None] < lengths[:, None]

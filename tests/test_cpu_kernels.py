@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import assert_trees_close
 from rnn_jax import cpu_kernels, layers, recurrent
 
 pytestmark = pytest.mark.skipif(
@@ -23,11 +24,6 @@ def _inputs(batch, time, features, seed=0):
   mask = rng.rand(batch, time) > 0.25
   mask[0] = True
   return x, jnp.asarray(mask)
-
-
-def _close(a, b, tol=1e-5):
-  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=tol, atol=tol)
 
 
 def _value_and_grads(implementation, x, mask, units, with_carry=False, **options):
@@ -54,7 +50,7 @@ def test_equals_the_cells_step(shape):
   x, mask = _inputs(batch, time, features)
   mask = mask.at[-1].set(False)  # a padded row: its outputs are zeros, its state the carry's
   options = dict(return_sequences=True, return_state=True, with_carry=True)
-  _close(_value_and_grads("native", x, mask, units, **options),
+  assert_trees_close(_value_and_grads("native", x, mask, units, **options),
          _value_and_grads("scan", x, mask, units, **options))
 
 
@@ -70,7 +66,7 @@ def test_gradient_of_the_parameters_alone_and_many_rows():
     return jax.jit(jax.grad(lambda p: jnp.sum(layer.apply(p, x, mask=mask)[0] ** 2)))(params)
 
   first = grads("native")
-  _close(first, grads("linear_scan"), tol=2e-5)
+  assert_trees_close(first, grads("linear_scan"), 2e-5)
   for u, v in zip(jax.tree.leaves(first), jax.tree.leaves(grads("native"))):
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
@@ -87,7 +83,7 @@ def test_vmap_over_parameters_and_inputs():
     apply = lambda p, x: jnp.sum(jnp.cos(layer(implementation).apply(p, x, mask=mask)[0]))
     return jax.vmap(jax.value_and_grad(apply, argnums=(0, 1)))(stacked, xs)
 
-  _close(run("native"), run("linear_scan"))
+  assert_trees_close(run("native"), run("linear_scan"))
 
 
 def _lowered(layer, params, x) -> str:
@@ -123,7 +119,7 @@ def test_a_compiler_that_fails_warns_and_computes_by_linear_scan(monkeypatch, tm
   with pytest.warns(RuntimeWarning, match="the native CPU kernel is not used"):
     lowered = _lowered(native, params, x)
   assert "rnn_jax_min_gru_forward" not in lowered
-  _close(native.apply(params, x, mask=mask)[0],
+  assert_trees_close(native.apply(params, x, mask=mask)[0],
          layers.MinGRU(4, implementation="linear_scan", return_sequences=True).apply(
              params, x, mask=mask)[0])
   assert not any(p.suffix == ".so" for p in (tmp_path / "cache").glob("*"))

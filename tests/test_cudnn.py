@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.experimental import rnn
 
+from helpers import assert_trees_close
 from rnn_jax import cells, recurrent
 from rnn_jax.backends import cudnn
 
@@ -74,18 +75,11 @@ def _loss(outputs):
       jnp.sum(jnp.sin(2.0 * c))
 
 
-def _assert_close(a, b, tol=1e-5):
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for u, v in zip(leaves_a, leaves_b, strict=True):
-    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=tol, atol=tol)
-
-
 def _check_values_and_gradients(ours, reference, *args):
   """ours and reference agree in outputs, and in the gradients of `_loss` wrt every arg."""
-  _assert_close(ours(*args), reference(*args))
+  assert_trees_close(ours(*args), reference(*args))
   argnums = tuple(range(len(args)))
-  _assert_close(jax.value_and_grad(lambda *a: _loss(ours(*a)), argnums)(*args),
+  assert_trees_close(jax.value_and_grad(lambda *a: _loss(ours(*a)), argnums)(*args),
                 jax.value_and_grad(lambda *a: _loss(reference(*a)), argnums)(*args))
 
 
@@ -122,8 +116,8 @@ def test_reference_lstm_takes_ragged_lengths_and_empty_rows():
       jnp.swapaxes(xs, 0, 1), h0[None], c0[None], cudnn.pack(params, FEATURES, UNITS),
       lengths, FEATURES, UNITS, 1, 0.0, False)
   hs, (h, c) = _scan(cell, params, xs, RIGHT, (h0, c0))
-  _assert_close(jnp.swapaxes(y, 0, 1), jnp.where(RIGHT[..., None], hs, 0.0))
-  _assert_close((h_n[0], c_n[0]), (h, c))
+  assert_trees_close(jnp.swapaxes(y, 0, 1), jnp.where(RIGHT[..., None], hs, 0.0))
+  assert_trees_close((h_n[0], c_n[0]), (h, c))
   np.testing.assert_array_equal(h_n[0, 2], h0[2])
 
 
@@ -223,9 +217,9 @@ def test_bidirectional_pair_equals_two_unrolls():
     return _loss((ys, carry_f)) + 3.0 * _loss((ys[..., :1], carry_b))
 
   args = (forward, backward, x, carry, carry_b)
-  _assert_close(ours(*args), unrolled(*args))
+  assert_trees_close(ours(*args), unrolled(*args))
   argnums = tuple(range(len(args)))
-  _assert_close(jax.value_and_grad(lambda *a: loss(ours(*a)), argnums)(*args),
+  assert_trees_close(jax.value_and_grad(lambda *a: loss(ours(*a)), argnums)(*args),
                 jax.value_and_grad(lambda *a: loss(unrolled(*a)), argnums)(*args))
 
 
@@ -278,7 +272,7 @@ def test_the_fallback_is_chosen_on_the_masks_values():
   np.testing.assert_array_equal((h, c), (np.full((BATCH, UNITS), 124.0),
                                          np.full((BATCH, UNITS), 125.0)))
   for mask in (RIGHT, RIGHT[::-1], BOTH):
-    _assert_close(layer(mask), _scan(cell, params, xs, mask, carry))
+    assert_trees_close(layer(mask), _scan(cell, params, xs, mask, carry))
 
 
 def test_without_a_fallback_rows_with_holes_are_nan():
@@ -289,7 +283,7 @@ def test_without_a_fallback_rows_with_holes_are_nan():
   for value in (hs[:, bad], h[bad], c[bad]):
     assert np.all(np.isnan(value))
   ref_hs, (ref_h, ref_c) = _scan(cell, params, xs, HOLES, carry)
-  _assert_close((hs[:, ~bad], h[~bad], c[~bad]), (ref_hs[:, ~bad], ref_h[~bad], ref_c[~bad]))
+  assert_trees_close((hs[:, ~bad], h[~bad], c[~bad]), (ref_hs[:, ~bad], ref_h[~bad], ref_c[~bad]))
 
 
 # -------------------------------------------------------------------------- why_not

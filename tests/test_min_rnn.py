@@ -197,9 +197,15 @@ def test_log_space_coefficients_are_the_logs_of_the_direct_ones(name):
 # --- step == parallel, values and gradients
 
 
-@pytest.mark.parametrize("masked,reverse", [(False, False), (True, False), (True, True)],
-                         ids=["unmasked", "masked", "masked_reverse"])
-@pytest.mark.parametrize("name", CELLS)
+# Each compiles the six forms with their gradients: two in the default run, all with -m slow.
+@pytest.mark.parametrize("name,masked,reverse", [
+    pytest.param(name, masked, reverse, id=f"{name}-{kind}",
+                 marks=() if (name, kind) in (("min_gru", "masked"),
+                                              ("min_lstm", "masked_reverse"))
+                 else pytest.mark.slow)
+    for name in CELLS
+    for kind, masked, reverse in [("unmasked", False, False), ("masked", True, False),
+                                  ("masked_reverse", True, True)]])
 def test_step_and_parallel_forms_agree(name, masked, reverse):
   cell = CELLS[name]()
   params = _params(cell, jax.random.PRNGKey(4))
