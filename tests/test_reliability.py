@@ -5,6 +5,7 @@ The end-to-end cases (flags, CSVs, summarize, the workdir) are rows of
 tests/test_bad_inputs.py; the multi-model resumes of the experiments are in
 tests/test_faults.py.
 """
+import dataclasses
 import errno
 import hashlib
 import io
@@ -416,3 +417,105 @@ def test_layer_errors_in_the_users_terms(call, pattern):
   params, _ = gru.init(KEY, (5, 3))
   with pytest.raises(ValueError, match=pattern):
     call(gru, params)
+
+
+# ------------------------------------------ issue 26: the objects check their own values
+
+@pytest.mark.parametrize("changes, pattern", [
+    ({"early_stopping_patience": 0}, r"early_stopping_patience must be a positive integer, got 0"),
+    ({"early_stopping_patience": -1},
+     r"early_stopping_patience must be a positive integer, got -1"),
+    ({"epochs": 0}, r"epochs must be a positive integer, got 0"),
+    ({"lr_schedule": "exponential", "lr_decay_rate": -0.5},
+     r"lr_decay_rate must be in \(0, 1\], got -0\.5"),
+    ({"learning_rate": -1e-3}, r"learning_rate must be positive, got -0\.001"),
+    ({"learning_rate": float("nan")}, r"learning_rate must be positive, got nan"),
+    ({"seed": -1}, r"seed must be in \[0, 2147483647\], got -1"),
+    ({"warmup_steps": -5}, r"warmup_steps must be at least 0, got -5"),
+    ({"optimizer": "sgdm"}, r"optimizer must be one of rmsprop, adam, sgd, got 'sgdm'"),
+    ({"compute_dtype": "int8"}, r"compute_dtype must be one of float32, bfloat16, float16"),
+    ({"workdir": ""}, r"workdir must be a directory path, got ''"),
+], ids=["patience_0", "patience_negative", "epochs_0", "negative_decay", "negative_rate",
+        "nan_rate", "seed", "warmup", "optimizer", "compute_dtype", "workdir"])
+def test_train_options_refuse_what_cannot_train_when_built(tmp_path, changes, pattern):
+  """TrainOptions built in Python get the flags' rules: before, fit ignored patience 0,
+  stopped after one epoch with a negative one, trained uphill on a negative decay rate
+  and wrote a results.json with an empty history for epochs=0."""
+  with pytest.raises(ValueError, match=r"^TrainOptions\." + pattern):
+    train.TrainOptions(**{"experiment": "test", "model_name": "gru",
+                          "workdir": str(tmp_path / "gru"), **changes})
+  assert not (tmp_path / "gru").exists()
+
+
+def test_flag_checks_are_the_object_checks():
+  """One source of truth: the flag's message is the field's, named as the flag."""
+  values = {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "validation_split": 0.0,
+            "clip_norm": None, "early_stopping_patience": 0}
+  with pytest.raises(UserError) as flag_error:
+    train.check_flags(values)
+  with pytest.raises(ValueError) as field_error:
+    train.TrainOptions(experiment="t", model_name="m", workdir="w", early_stopping_patience=0)
+  assert str(flag_error.value) == "--early_stopping_patience must be a positive integer, got 0"
+  assert str(field_error.value) == ("TrainOptions.early_stopping_patience must be a positive "
+                                    "integer, got 0")
+
+
+def test_fit_refuses_a_learning_rate_function_that_goes_negative(tmp_path):
+  options = train.TrainOptions(experiment="test", model_name="gru", workdir=str(tmp_path / "gru"),
+                               epochs=2, learning_rate=lambda step: 1e-2 - 3e-3 * step)
+  with pytest.raises(ValueError, match=r"learning rate at step 4 \(epoch 2\) is -0\.002; every "
+                                       r"step's must be finite and at least 0"):
+    train.fit(_model(4), _data(), loss="mse", options=options)
+  assert not (tmp_path / "gru").exists()
+  decaying = lambda step: 1e-2 * 0.5 ** step  # pylint: disable=unnecessary-lambda-assignment
+  results = train.fit(_model(4), _data(), loss="mse", options=dataclasses.replace(
+      options, epochs=1, learning_rate=decaying)).results
+  assert results["config"]["learning_rate"].endswith("<lambda>")
+
+
+def test_fit_refuses_an_implementation_the_cell_lacks_before_any_directory(tmp_path):
+  """`implementation="native"` on a GRU was found while tracing, after the workdir was made."""
+  model = layers.Sequential([layers.Bidirectional(layers.GRU(4, implementation="native")),
+                             layers.Dense(1)])
+  with pytest.raises(ValueError, match=r"model\.layers\[0\]\.layer \(GRU\(4\)\): "
+                                       r"implementation='native': no native kernel computes gru"):
+    train.fit(model, _data(), loss="mse", options=_options(tmp_path / "gru"))
+  assert not (tmp_path / "gru").exists()
+
+
+_LAST_BATCH_OF_7 = r"""
+import sys
+import numpy as np
+from rnn_jax import layers, train
+from rnn_jax.data.batches import ArrayBatches
+
+class ShortLastBatch(ArrayBatches):
+  def train(self, seed, epoch):  # the last batch not padded: 7 rows, not 8
+    for i, (x, y, w) in enumerate(super().train(seed, epoch)):
+      yield (x[:7], y[:7], w[:7]) if i == self.steps_per_epoch - 1 else (x, y, w)
+
+x = np.random.default_rng(0).uniform(size=(40, 5, 2)).astype(np.float32)
+data = ShortLastBatch.from_arrays(x, x[:, :, :1].sum(1), validation_split=0.2, batch_size=8)
+options = train.TrainOptions(experiment="t", model_name="gru", workdir=sys.argv[1], epochs=1,
+                             num_devices=2)
+try:
+  train.fit(layers.Sequential([layers.GRU(2), layers.Dense(1)]), data, loss="mse",
+            options=options)
+except ValueError as e:
+  print(type(e).__name__, e)
+"""
+
+
+def test_fit_refuses_a_last_batch_that_does_not_split_before_any_directory(tmp_path):
+  """On two devices a last batch of 7 rows was JAX's IndivisibleError, mid-epoch."""
+  import subprocess
+  proc = subprocess.run(
+      [sys.executable, "-c", _LAST_BATCH_OF_7, str(tmp_path / "gru")], capture_output=True,
+      text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+      env={**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert proc.stdout.strip() == (
+      "ValueError batches.train(seed=0, epoch=1) batch 4 has 7 rows, which do not split over "
+      "the 2 devices of the mesh: every batch must have batch_size rows (pad a last, smaller "
+      "batch with weight-0 rows, as rnn_jax.data.batches does)"), proc.stderr[-2000:]
+  assert not (tmp_path / "gru").exists()
