@@ -25,12 +25,24 @@ Array = jax.Array
 Shape = tuple[int, ...]
 
 
+def _check_sizes(layer, *names: str) -> None:
+  """A `ValueError` naming the layer for a size that is not a positive integer."""
+  for name in names:
+    value = getattr(layer, name)
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
+      raise ValueError(f"{type(layer).__name__}: {name} must be a positive integer, got "
+                       f"{value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Dense:
   """y = activation(x @ kernel + bias) on the last axis. <float32>[..., in] -> [..., units]."""
   units: int
   activation: Union[str, Callable, None] = None
   use_bias: bool = True
+
+  def __post_init__(self):
+    _check_sizes(self, "units")
 
   def init(self, key, input_shape: Shape):
     params = {"kernel": glorot_uniform(key, (input_shape[-1], self.units))}
@@ -51,6 +63,9 @@ class Maxout:
   units: int
   pieces: int = 2
 
+  def __post_init__(self):
+    _check_sizes(self, "units", "pieces")
+
   def init(self, key, input_shape: Shape):
     params = {"kernel": glorot_uniform(key, (input_shape[-1], self.units * self.pieces)),
               "bias": jnp.zeros((self.units * self.pieces,))}
@@ -70,6 +85,9 @@ class Embedding:
   input_dim: int
   output_dim: int
   mask_zero: bool = False
+
+  def __post_init__(self):
+    _check_sizes(self, "input_dim", "output_dim")
 
   def init(self, key, input_shape: Shape):
     # Keras's default embeddings_initializer: uniform(-0.05, 0.05).
@@ -101,6 +119,10 @@ class Flatten:
 class Dropout:
   """Inverted dropout at `rate`, a fresh mask for every element; identity in inference."""
   rate: float
+
+  def __post_init__(self):
+    if not 0.0 <= self.rate < 1.0:  # NaN too
+      raise ValueError(f"Dropout: rate must be in [0, 1), got {self.rate!r}")
 
   def init(self, key, input_shape: Shape):
     return {}, input_shape
@@ -277,6 +299,11 @@ class Bidirectional:
   takes_embedded: ClassVar[bool] = True  # see `Sequential`
 
   def __post_init__(self):
+    for name in ("layer", "backward_layer"):
+      layer = getattr(self, name)
+      if not (isinstance(layer, RNN) or (name == "backward_layer" and layer is None)):
+        raise TypeError(f"Bidirectional: {name} must be a recurrent layer (layers.RNN, e.g. "
+                        f"layers.LSTM(32)), got {type(layer).__name__}")
     if self.merge_mode not in MERGE_MODES:
       raise ValueError(f"Bidirectional merge_mode {self.merge_mode!r} is not one of {MERGE_MODES}")
     if self.backward_layer is not None and (
@@ -356,6 +383,10 @@ class Sequential:
   layers: tuple
 
   def __init__(self, layers: Sequence[Layer]):
+    for i, layer in enumerate(layers):  # a TypeError naming it, not an AttributeError later
+      if not (callable(getattr(layer, "init", None)) and callable(getattr(layer, "apply", None))):
+        raise TypeError(f"Sequential: layers[{i}] is {type(layer).__name__}, not a layer (an "
+                        "object with init(key, input_shape) and apply(params, x, ...))")
     object.__setattr__(self, "layers", tuple(layers))
 
   def init(self, key, sample_input) -> tuple:

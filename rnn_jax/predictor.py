@@ -57,6 +57,9 @@ class Predictor:
     self.run_dir = None if run_dir is None else Path(run_dir)
     self.vocabulary = tuple(vocabulary)
     self.kind = preprocessing.get("kind", "arrays")
+    if self.kind not in KINDS:
+      raise ValueError(f"Predictor: preprocessing['kind'] must be one of {', '.join(KINDS)}, "
+                       f"got {self.kind!r}")
     self.compute_dtype = self.record.get("compute_dtype", "float32")
     self._computing = precision.with_compute_dtype(model, self.compute_dtype)
     self._apply = jax.jit(lambda p, x: self._computing.apply(p, x, training=False))

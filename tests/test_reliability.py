@@ -730,3 +730,27 @@ def test_full_disk_in_orbax_writer_threads_at_the_best_checkpoint_is_one_line(
   assert unraisable == []
   assert tree_hash(workdir / "checkpoints") == before
   assert not list((workdir / "checkpoints" / "best").glob("*tmp*"))
+
+
+@pytest.mark.parametrize("make, error, pattern", [
+    (lambda: layers.Dense(0), ValueError, r"Dense: units must be a positive integer, got 0"),
+    (lambda: layers.Embedding(0, 4), ValueError, r"Embedding: input_dim must be a positive"),
+    (lambda: layers.Maxout(4, pieces=0), ValueError, r"Maxout: pieces must be a positive"),
+    (lambda: layers.Dropout(1.5), ValueError, r"Dropout: rate must be in \[0, 1\), got 1\.5"),
+    (lambda: layers.Bidirectional(layers.Dense(4)), TypeError,
+     r"Bidirectional: layer must be a recurrent layer \(layers\.RNN"),
+    (lambda: layers.Sequential([layers.GRU(4), "dense"]), TypeError,
+     r"Sequential: layers\[1\] is str, not a layer"),
+], ids=["dense_0", "embedding_0", "maxout_pieces_0", "dropout_1.5", "bidirectional_dense",
+        "sequential_str"])
+def test_every_layer_checks_its_values_when_built(make, error, pattern):
+  """issue 26: every public constructor checks its values (the recurrent layers did)."""
+  with pytest.raises(error, match=pattern):
+    make()
+
+
+def test_a_predictor_of_an_unknown_kind_is_refused_when_built():
+  from rnn_jax import predictor as predictor_lib
+  with pytest.raises(ValueError, match=r"Predictor: preprocessing\['kind'\] must be one of "
+                                       r"imdb, forecast, arrays, got 'images'"):
+    predictor_lib.Predictor(_model(2), None, {"kind": "images"})
