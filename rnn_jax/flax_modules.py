@@ -102,6 +102,9 @@ class NnxCell(nnx.RNNCellBase):
     for name, value in (("in_features", in_features), ("units", units)):
       if not _positive_int(value):
         raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    if not isinstance(rngs, nnx.Rngs):
+      raise TypeError(f"{where}: rngs must be an nnx.Rngs (e.g. nnx.Rngs(0)), got "
+                      f"{type(rngs).__name__}")
     self.cell = nnx.static(cell) if hasattr(nnx, "static") else cell
     self.in_features = in_features
     self.units = units

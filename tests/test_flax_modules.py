@@ -116,3 +116,9 @@ def test_nnx_cell_checks_the_input_width_against_in_features():
   with pytest.raises(ValueError, match=r"NnxCell\(gru, in_features=3, units=4\): inputs have 5 "
                                        r"features, expected in_features=3"):
     rnn(jnp.ones((2, 5, 5)))
+
+
+def test_nnx_cell_needs_rngs():
+  with pytest.raises(TypeError, match=r"NnxCell\(gru, in_features=3, units=4\): rngs must be an "
+                                      r"nnx\.Rngs"):
+    flax_modules.NnxCell(cells.gru(), 3, 4, rngs=0)

@@ -754,3 +754,15 @@ def test_a_predictor_of_an_unknown_kind_is_refused_when_built():
   with pytest.raises(ValueError, match=r"Predictor: preprocessing\['kind'\] must be one of "
                                        r"imdb, forecast, arrays, got 'images'"):
     predictor_lib.Predictor(_model(2), None, {"kind": "images"})
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"batch_size": 0}, r"ArrayBatches: batch_size must be a positive integer, got 0"),
+    ({"y_train": np.zeros((3, 1))}, r"ArrayBatches: x_train has 4 rows and y_train 3"),
+    ({"x_test": np.zeros((2, 5, 2))}, r"give x_test and y_test together, or neither"),
+], ids=["batch_size_0", "train_lengths", "test_without_targets"])
+def test_array_batches_check_their_arrays_when_built(kwargs, pattern):
+  arrays = {"x_train": np.zeros((4, 5, 2)), "y_train": np.zeros((4, 1)),
+            "x_val": np.zeros((2, 5, 2)), "y_val": np.zeros((2, 1))}
+  with pytest.raises(ValueError, match=pattern):
+    ArrayBatches(**{**arrays, **kwargs})
