@@ -81,10 +81,10 @@ def _quiet():
 def _orbax_save(path: Path, state: Any, meta: dict) -> Optional[str]:
   """Writes the checkpoint with orbax; returns None, or the cause of a write error (a full
   disk) in a few words, after the save's own reports of it are silenced
-  (`files.quiet_write_error_reports`). orbax returns from a failed save while its writer threads still
-  run and while its futures, which asyncio reports when collected, are still held: the
-  threads are waited for and the futures collected while the filters stand. Any other
-  error is raised as it is."""
+  (`files.quiet_write_error_reports`). orbax returns from a failed save while its writer
+  threads still run and while its futures, which asyncio reports when collected, are
+  still held: the threads are waited for and the futures collected while the filters
+  stand. Any other error is raised as it is."""
   with files.quiet_write_error_reports():
     started = set(threading.enumerate())
     try:

@@ -72,13 +72,15 @@ def recurrent_layers(model, where: str = "model"):
 
 
 def check_model(model) -> None:
-  """Every recurrent layer's `implementation` fits its cell (`recurrent.resolve_implementation`),
-  or a `ValueError` naming the layer: found before a run writes anything, not while tracing."""
+  """Every recurrent layer's `implementation` fits its cell
+  (`recurrent.resolve_implementation`), or a `ValueError` naming the layer: found before a
+  run writes anything, not while tracing."""
   for where, layer in recurrent_layers(model):
     try:
       recurrent.resolve_implementation(layer.cell, layer.implementation)
     except ValueError as e:
-      raise ValueError(f"{where} ({layer._name}): {e}") from None  # pylint: disable=protected-access
+      name = layer._name  # pylint: disable=protected-access
+      raise ValueError(f"{where} ({name}): {e}") from None
 
 
 def check_learning_rates(options: TrainOptions, steps_per_epoch: int) -> None:
@@ -103,15 +105,15 @@ def check_learning_rates(options: TrainOptions, steps_per_epoch: int) -> None:
     step = int(steps[bad[0]]) if len(bad) else 0
     raise ValueError(
         f"TrainOptions: the learning rate at step {step} (epoch {step // steps_per_epoch + 1}) "
-        f"is {float(rate(step)):g}; every step's must be finite and at least 0, and some positive "
-        f"(learning_rate={options.learning_rate!r}, lr_schedule={options.lr_schedule!r})")
+        f"is {float(rate(step)):g}; every step's must be finite and at least 0, and some "
+        f"positive (learning_rate={options.learning_rate!r}, lr_schedule={options.lr_schedule!r})")
 
 
 def _check_batch(batch, where: str, placement: Placement, stacked: bool) -> None:
   """A batch that cannot be split over the mesh's 'data' devices, or whose x, y and weight
   differ in rows, is a `ValueError` naming it (not JAX's `IndivisibleError` mid-run)."""
   axis = 1 if stacked else 0
-  rows = {len_of: np.shape(part)[axis] for len_of, part in zip(("x", "y", "weight"), batch)}
+  rows = {name: np.shape(part)[axis] for name, part in zip(("x", "y", "weight"), batch)}
   if len(set(rows.values())) > 1:
     raise ValueError(f"{where}: x, y and weight have {rows['x']}, {rows['y']} and "
                      f"{rows['weight']} rows; a batch is (x, y, weight) of one length")
@@ -231,7 +233,8 @@ def _optimizer_config(optimizer, options: TrainOptions) -> dict:
             "clip_norm": options.clip_norm}
   rate = options.learning_rate
   if callable(rate):  # a schedule function: recorded by name (results.json is JSON)
-    rate = f"{getattr(rate, '__module__', '')}.{getattr(rate, '__qualname__', type(rate).__name__)}"
+    name = getattr(rate, "__qualname__", type(rate).__name__)
+    rate = f"{getattr(rate, '__module__', '')}.{name}"
   return {"optimizer": optimizer or options.optimizer, "learning_rate": rate,
           "lr_schedule": options.lr_schedule, "warmup_steps": options.warmup_steps,
           **({"lr_decay_rate": options.lr_decay_rate}
