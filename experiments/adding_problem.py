@@ -57,6 +57,10 @@ def main(argv):
   if FLAGS.data_seed is not None and not 0 <= FLAGS.data_seed < 2**32:
     raise errors.UserError(f"--data_seed must be in [0, 2**32), got {FLAGS.data_seed}")
   train.set_up(FLAGS)
+  models = {m: layers.with_implementation(
+      MODELS[m](FLAGS.units, activation=FLAGS.activation, reset_after=FLAGS.reset_after,
+                head=FLAGS.head), FLAGS.implementation) for m in FLAGS.model}
+  train.check_models(models, FLAGS.implementation)  # before any workdir or data
   workdir = FLAGS.workdir or os.path.join("runs", "adding_problem")
   data_seed = FLAGS.seed if FLAGS.data_seed is None else FLAGS.data_seed
   train.check_workdir(pathlib.Path(workdir))
@@ -79,10 +83,7 @@ def main(argv):
       results[model_name] = run.results
       continue
     print(f"--- {model_name}, T={FLAGS.seq_len}", flush=True)
-    model = layers.with_implementation(
-        MODELS[model_name](FLAGS.units, activation=FLAGS.activation,
-                           reset_after=FLAGS.reset_after, head=FLAGS.head),
-        FLAGS.implementation)
+    model = models[model_name]
     results[model_name] = train.fit(
         model, data, loss="mse", options=run.options,
         model_config={"units": FLAGS.units, "seq_len": FLAGS.seq_len,

@@ -168,12 +168,49 @@ def clipping_runs(root: Path, runs: dict) -> dict:
   return results
 
 
-def main(argv):
-  del argv
+def check_flags() -> None:
+  """This experiment's own flags, as one `error:` line each, before any work: the sizes,
+  the clipping runs' learning rate by the rule of every learning rate (train.options),
+  and the recurrent kernels' scales."""
   for name in ("seq_len", "units", "num_train", "clipping_seq_len", "clipping_epochs"):
     if FLAGS[name].value < 2:
       raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
+  problem = train.options.first_problem({"learning_rate": FLAGS.clipping_learning_rate})
+  if problem is not None:
+    raise errors.UserError(f"--clipping_learning_rate must be {problem[1]}, got "
+                           f"{FLAGS.clipping_learning_rate!r}")
+  for name in ("explode_scale", "clipping_scale"):
+    value = FLAGS[name].value
+    if not (math.isfinite(value) and value > 0):
+      raise errors.UserError(f"--{name} must be positive, got {value!r}")
   _check_models(FLAGS.model, FLAGS.parts)
+
+
+def _check_finite(name: str, profile: dict) -> None:
+  """An initial profile that overflows float32 (a huge --explode_scale) is refused, naming
+  the flag, before any model trains: gradients.json holds numbers, not NaN."""
+  values = [*profile["d_states"], *profile["d_inputs"], *profile["jacobian_norm"]]
+  if not all(math.isfinite(v) for v in values):
+    flag = (f"--explode_scale={FLAGS.explode_scale}" if name == "simple_rnn_relu_exploding"
+            else f"--seq_len={FLAGS.seq_len}")
+    raise errors.UserError(f"{flag}: {name}'s gradients at initialisation overflow float32 "
+                           "(inf or NaN in ||dL/dh_t||); choose a smaller value")
+
+
+def _json_numbers(value):
+  """`value` with every non-finite float as None: gradients.json stays JSON."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_numbers(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_numbers(v) for v in value]
+  return value
+
+
+def main(argv):
+  del argv
+  check_flags()
   train.set_up(FLAGS)
   root = Path(FLAGS.workdir or os.path.join("runs", "gradients"))
   train.check_workdir(root)
@@ -187,10 +224,14 @@ def main(argv):
   cells_by_name = configurations(FLAGS.units, FLAGS.explode_scale)
   profiled = ({name: cells_by_name[name] for name in FLAGS.model}
               if "profiles" in FLAGS.parts else {})
+  initial = {}  # every model's profile at initialisation, checked before any trains
+  for name, cell in profiled.items():
+    initial[name] = gradient_profile(cell, _model(cell, FLAGS.units).init(
+        jax.random.key(FLAGS.seed), x), x, y, FLAGS.units)
+    _check_finite(name, initial[name])
   for name, cell in profiled.items():
     model = _model(cell, FLAGS.units)
-    init_params = model.init(jax.random.key(FLAGS.seed), x)
-    entry = {"init": gradient_profile(cell, init_params, x, y, FLAGS.units)}
+    entry = {"init": initial[name]}
     print(f"--- {name}: at init ||dL/dh_1|| / ||dL/dh_T|| = "
           f"{entry['init']['first_to_last']:.3g}", flush=True)
     if name != "simple_rnn_relu_exploding":  # it cannot train unclipped: see part 2
@@ -206,7 +247,8 @@ def main(argv):
   if "clipping" in FLAGS.parts:
     report["clipping"] = clipping_runs(root, runs)
   files.make_dirs(root)
-  files.write_atomic(root / "gradients.json", json.dumps(report, indent=2) + "\n")
+  files.write_atomic(root / "gradients.json",
+                     json.dumps(_json_numbers(report), indent=2, allow_nan=False) + "\n")
   from rnn_jax import plots  # pylint: disable=import-outside-toplevel
   if report["models"]:
     plots.gradient_profiles(report, root / "gradients")

@@ -88,6 +88,13 @@ def main(argv):
   del argv
   _check_flags()
   train.set_up(FLAGS)
+  settings = dict(max_features=FLAGS.max_features, embedding_dim=FLAGS.embedding_dim,
+                  units=FLAGS.units, dropout=FLAGS.dropout,
+                  recurrent_dropout=FLAGS.recurrent_dropout, mask_zero=FLAGS.mask_zero,
+                  activation=FLAGS.activation, reset_after=FLAGS.reset_after, head=FLAGS.head)
+  models = {m: layers.with_implementation(build_model(m, **settings), FLAGS.implementation)
+            for m in FLAGS.model}
+  train.check_models(models, FLAGS.implementation)  # before any workdir or review is read
   root = pathlib.Path(FLAGS.workdir or os.path.join("runs", "imdb_sentiment"))
   train.check_workdir(root)
   options = {m: train.TrainOptions.from_flags(FLAGS, experiment="imdb_sentiment", model_name=m,
@@ -113,15 +120,10 @@ def main(argv):
   print(f"IMDB: {len(batches.x_train)} reviews for training ({batches.steps_per_epoch} "
         f"batches), {len(batches.x_val)} for validation, {len(data.x_test)} for testing",
         flush=True)
-  settings = dict(max_features=FLAGS.max_features, embedding_dim=FLAGS.embedding_dim,
-                  units=FLAGS.units, dropout=FLAGS.dropout,
-                  recurrent_dropout=FLAGS.recurrent_dropout, mask_zero=FLAGS.mask_zero,
-                  activation=FLAGS.activation, reset_after=FLAGS.reset_after, head=FLAGS.head)
   for run in runs:
     model_name, model_options = run.name, run.options
     print(f"--- {model_name}", flush=True)
-    model = layers.with_implementation(build_model(model_name, **settings),
-                                       FLAGS.implementation)
+    model = models[model_name]
     data = datasets[model_name in REVERSED]
     batches = imdb.batches(data, batch_size=FLAGS.batch_size,
                            validation_split=FLAGS.validation_split)

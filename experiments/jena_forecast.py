@@ -368,6 +368,19 @@ def plan_model(problem: Problem, model_name: str, root: pathlib.Path) -> Plan:
   return Plan(model_name, batches, options)
 
 
+def build_model(model_name: str):
+  """(model, dropout, recurrent_dropout) of a trained model, as the flags set them."""
+  spec = MODELS[model_name]
+  dropout = spec.dropout if FLAGS.dropout is None else FLAGS.dropout
+  recurrent_dropout = (spec.recurrent_dropout if FLAGS.recurrent_dropout is None
+                       else FLAGS.recurrent_dropout)
+  lecture = {"activation": FLAGS.activation, "reset_after": FLAGS.reset_after,
+             "head": FLAGS.head}
+  model = layers.with_implementation(
+      spec.build(FLAGS.units, dropout, recurrent_dropout, lecture), FLAGS.implementation)
+  return model, dropout, recurrent_dropout
+
+
 def run_model(problem: Problem, plan: Plan) -> dict:
   model_name, batches, options = plan.model_name, plan.batches, plan.options
   spec = MODELS[model_name]
@@ -379,13 +392,7 @@ def run_model(problem: Problem, plan: Plan) -> dict:
     results = evaluate_naive(problem, batches, options)
     apply_fn, params = naive_apply(problem.series.target_index), {}
   else:
-    dropout = spec.dropout if FLAGS.dropout is None else FLAGS.dropout
-    recurrent_dropout = (spec.recurrent_dropout if FLAGS.recurrent_dropout is None
-                         else FLAGS.recurrent_dropout)
-    lecture = {"activation": FLAGS.activation, "reset_after": FLAGS.reset_after,
-               "head": FLAGS.head}
-    model = layers.with_implementation(
-        spec.build(FLAGS.units, dropout, recurrent_dropout, lecture), FLAGS.implementation)
+    model, dropout, recurrent_dropout = build_model(model_name)
     fitted = train.fit(model, batches, loss="mae", metrics=("mae",), options=options,
                        target_unit=(problem.unit, problem.target_std),
                        extra_results=problem.extra_results(batches),
@@ -420,6 +427,9 @@ def main(argv):
   if FLAGS.lookback >= 1 and FLAGS.step >= 1 and FLAGS.lookback % FLAGS.step:
     raise errors.UserError(f"--step={FLAGS.step} does not divide --lookback={FLAGS.lookback}")
   train.check_run_flags(FLAGS)  # the shared flags, before the CSV is read
+  train.set_up(FLAGS)  # before JAX's first computation (checking an implementation is one)
+  train.check_models({name: build_model(name)[0] for name in FLAGS.model
+                      if MODELS[name].build is not None}, FLAGS.implementation)
   problem = load_problem()
   root = pathlib.Path(FLAGS.workdir or os.path.join("runs", problem.experiment))
   train.check_workdir(root)
@@ -428,7 +438,6 @@ def main(argv):
   plans = [plan_model(problem, model_name, root) for model_name in FLAGS.model]
   runs = train.plan_runs({plan.model_name: plan.options for plan in plans}, list_flag="model")
   plans = [dataclasses.replace(plan, options=run.options) for plan, run in zip(plans, runs)]
-  train.set_up(FLAGS)  # before JAX's first computation
   summary = []
   for plan, run in zip(plans, runs):
     if run.finished:

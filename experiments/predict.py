@@ -58,12 +58,59 @@ def predictions_table(predictor, path: pathlib.Path):
   return pd.DataFrame({f"output_{j}": outputs[:, j] for j in range(outputs.shape[1])})
 
 
-def main(argv):
-  del argv
+# What jax.export lowers for (`jax.export.export(..., platforms=...)`).
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+  """Whether two paths name one file (a link or another spelling included)."""
+  try:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+  except OSError:
+    return False
+
+
+def check_flags() -> None:
+  """Every flag before the run is loaded or anything written: a one-line UserError."""
   if not FLAGS.run:
     raise errors.UserError("--run is required: a finished run's directory")
   if not FLAGS.input and not FLAGS.export:
     raise errors.UserError("give --input (and --output) to predict, or --export, or both")
+  if FLAGS.replica < 0:
+    raise errors.UserError(f"--replica must be 0 or more, got {FLAGS.replica}")
+  if FLAGS.platforms is not None:
+    unknown = [p for p in FLAGS.platforms if p not in PLATFORMS]
+    if unknown or not FLAGS.platforms:
+      raise errors.UserError(f"--platforms={','.join(FLAGS.platforms)}: choose from "
+                             f"{', '.join(PLATFORMS)}")
+    if not FLAGS.export:
+      raise errors.UserError("--platforms is for --export")
+  if FLAGS.output and not FLAGS.input:
+    raise errors.UserError("--output needs --input (the predictions of those inputs)")
+  run = pathlib.Path(FLAGS.run)
+  written = {"--output": FLAGS.output, "--export": FLAGS.export}
+  read = {"--input": FLAGS.input}
+  for name, target in written.items():
+    if not target:
+      continue
+    for source_name, source in read.items():
+      if source and _same_file(pathlib.Path(target), pathlib.Path(source)):
+        raise errors.UserError(f"{name}={target} is {source_name}: choose another file, the "
+                               "input is never written over")
+    if (pathlib.Path(target).is_file()
+        and run.resolve() in pathlib.Path(target).resolve().parents):
+      raise errors.UserError(f"{name}={target} is a file of --run={run}: choose another file, "
+                             "the run's files are never written over")
+    if pathlib.Path(target).is_dir():
+      raise errors.UserError(f"{name}={target} is a directory: give a file name")
+  if FLAGS.output and FLAGS.export and _same_file(pathlib.Path(FLAGS.output),
+                                                  pathlib.Path(FLAGS.export)):
+    raise errors.UserError(f"--output and --export are one file ({FLAGS.output})")
+
+
+def main(argv):
+  del argv
+  check_flags()
   import rnn_jax  # pylint: disable=import-outside-toplevel
   predictor = rnn_jax.load(FLAGS.run, replica=FLAGS.replica)
   if FLAGS.input:

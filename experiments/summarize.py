@@ -161,11 +161,14 @@ def table(runs: list[dict]) -> str:
 
 def charts(runs: list[dict], root: pathlib.Path) -> list[pathlib.Path]:
   """Per experiment, a bar chart of its headline validation metric per model (the
-  naive baseline as a line); returns the PNGs written (an SVG lies beside each)."""
+  naive baseline as a line); returns the PNGs written (an SVG lies beside each). An
+  experiment whose runs record no metric gets its table and no chart."""
   by_experiment = groups(runs)
   written = []
   for experiment, group in by_experiment.items():
     cols = columns(group)
+    if not cols:  # runs without a validation or test metric (an experiment of your own)
+      continue
     key, label = cols[-1] if cols[-1][0].startswith("mae_") else cols[0]
     value = lambda r: (r.get("val") or {}).get(key)
     baseline = next((value(r) for r in group if r["model"] == BASELINE), None)

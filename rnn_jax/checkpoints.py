@@ -12,8 +12,9 @@ flags) is not corrupt: `restore` raises `Mismatch` and leaves every file as it i
 `read_meta` reads the JSON part alone, without any array, to compare configurations first.
 
 A write that fails (no space, read-only, name too long; orbax reports some of these as
-`ValueError: RESOURCE_EXHAUSTED`) is one `UserError` line; the half-written checkpoint is
-removed and the previous one stays.
+`ValueError: RESOURCE_EXHAUSTED`, some from its writer threads) is one `UserError` line,
+with no traceback logged by those threads; the half-written checkpoint is removed and the
+previous one stays.
 
 With several processes (rnn_jax.distributed) every process calls `save` and `restore`:
 orbax writes each process's shards and coordinates the commit; process 0 alone removes
@@ -23,12 +24,14 @@ machine, or a shared file system).
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -38,6 +41,7 @@ from rnn_jax import distributed, files
 from rnn_jax.errors import UserError
 
 MARKER = ".sha256"
+_WRITER_JOIN_SECONDS = 30.0  # the longest a failed save waits for orbax's writer threads
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
@@ -74,6 +78,31 @@ def _quiet():
     logger.setLevel(level)
 
 
+def _orbax_save(path: Path, state: Any, meta: dict) -> Optional[str]:
+  """Writes the checkpoint with orbax; returns None, or the cause of a write error (a full
+  disk) in a few words, after the save's own reports of it are silenced
+  (`files.quiet_write_error_reports`). orbax returns from a failed save while its writer
+  threads still run and while its futures, which asyncio reports when collected, are
+  still held: the threads are waited for and the futures collected while the filters
+  stand. Any other error is raised as it is."""
+  with files.quiet_write_error_reports():
+    started = set(threading.enumerate())
+    try:
+      _checkpointer().save(path.absolute(), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+      return None
+    except Exception as error:  # pylint: disable=broad-except
+      if not files.is_write_error(error):
+        raise
+      cause = files.cause(error)
+    # Out of the except block: the error and the frames it held are let go.
+    writers = list(set(threading.enumerate()) - started)
+    while writers:  # popped: a finished thread holds its error, and so orbax's futures
+      writers.pop().join(timeout=_WRITER_JOIN_SECONDS)
+    gc.collect()
+    return cause
+
+
 def committed(directory: os.PathLike) -> list[str]:
   """Names of the committed checkpoints in `directory`, oldest first (names sort by age)."""
   directory = Path(directory)
@@ -108,13 +137,18 @@ def save(directory: os.PathLike, name: str, state: Any, meta: dict, *,
   distributed.barrier(f"checkpoint-save-{path}")
   with files.writing(path), _quiet():
     try:
-      _checkpointer().save(path.absolute(), args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+      cause = _orbax_save(path, state, meta)
     except Exception:
+      cause = None
       if distributed.is_primary():
         for leftover in debris():
           _remove(leftover)
       raise
+  if cause is not None:
+    if distributed.is_primary():
+      for leftover in debris():
+        _remove(leftover)
+    raise UserError(f"cannot write {path}: {cause}")
   if not distributed.is_primary():
     return path
   if before_commit is not None:

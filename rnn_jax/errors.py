@@ -2,9 +2,12 @@
 
 Raise `UserError("path/to/file.csv line 12, column 'T (degC)': not a number: 'abc'")`
 anywhere; `run(main)` (the experiments' entry point, in place of `absl.app.run`) prints
-`error: <message>` on stderr and exits with status 2. Ctrl-C (SIGINT) before training, or
-a second one during it, prints one `error: interrupted` line and exits with status 130
-(during training the first one saves a checkpoint and stops: `rnn_jax.train`).
+`error: <message>` on stderr and exits with status 2, and so it does for the other
+anticipated errors, the library's `ValueError` and `TypeError` (a bad value or argument)
+and `OSError` (a file: `FILE: cause`); only another exception, a bug, is a traceback.
+Ctrl-C (SIGINT) before training, or a second one during it, prints one `error:
+interrupted` line and exits with status 130 (during training the first one saves a
+checkpoint and stops: `rnn_jax.train`).
 """
 from __future__ import annotations
 
@@ -27,10 +30,24 @@ def _guarded(main: Callable) -> Callable:
     except UserError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(2)
+    except (ValueError, TypeError, OSError) as e:  # anticipated: the user's value or file
+      print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+      sys.exit(2)
     except KeyboardInterrupt:
       print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
       sys.exit(130)
   return wrapper
+
+
+def one_line(error: BaseException) -> str:
+  """An anticipated error as one line: an OSError as `FILE: cause`, any other as its
+  message with the line breaks folded (its type's name when it has none)."""
+  if isinstance(error, OSError) and error.strerror:
+    from rnn_jax import files  # pylint: disable=import-outside-toplevel
+    cause = files.cause(error)
+    cause = cause[:1].lower() + cause[1:]
+    return f"{error.filename}: {cause}" if error.filename else cause
+  return " ".join(str(error).split()) or type(error).__name__
 
 
 def _interrupts_as_exceptions() -> None:
@@ -42,13 +59,18 @@ def _interrupts_as_exceptions() -> None:
 
 
 def run(main: Callable) -> None:
-  """`absl.app.run(main)`, with `UserError` turned into a one-line message and exit 2.
+  """`absl.app.run(main)`, with `UserError`, `ValueError`, `TypeError` and `OSError`
+  turned into a one-line message and exit 2.
 
   absl itself reports bad flag values (unknown enum, failed validator) in one line and
   exits 1.
   """
   # absl only here: the data modules raise UserError without needing absl installed.
   from absl import app, logging  # pylint: disable=import-outside-toplevel
+  from rnn_jax import files  # pylint: disable=import-outside-toplevel
+  # For the command's whole process: a failed checkpoint write is one `error:` line, and
+  # orbax's threads and futures may report it again as late as the process's exit.
+  files.install_write_error_filters()
   # Keep the terminal to the experiment's own lines: JAX's INFO logs (e.g. "Unable to
   # initialize backend 'tpu'") show only with --verbosity=0 or more.
   logging.set_verbosity(logging.WARNING)

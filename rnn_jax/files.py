@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import sys
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Callable, Iterable, Union
 
 from rnn_jax.errors import UserError
 
@@ -78,6 +80,51 @@ def is_write_error(error: BaseException) -> bool:
   text = str(error)
   return isinstance(error, (ValueError, RuntimeError)) and any(
       marker in text for marker, _ in _STATUS_CAUSES)
+
+
+class WriteErrorRecords(logging.Filter):
+  """Drops a log record that reports a write error with its traceback (orbax's writer
+  threads, through absl; asyncio, for their futures): the write raises it as one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or not is_write_error(error)
+
+
+def install_write_error_filters() -> Callable[[], None]:
+  """Drops the reports of a failed write that would print tracebacks beside its one
+  `UserError` line: `WriteErrorRecords` on the absl and asyncio loggers, and the "Event
+  loop is closed" errors that tensorstore's pending writes report through
+  `sys.unraisablehook` once a failed orbax save has closed its event loop. Any other
+  record or unraisable error goes on as before. Returns the function that removes them."""
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  record_filter = WriteErrorRecords()
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous_hook(unraisable)
+
+  def remove():
+    for logger in loggers:
+      logger.removeFilter(record_filter)
+    if sys.unraisablehook is hook:
+      sys.unraisablehook = previous_hook
+  for logger in loggers:
+    logger.addFilter(record_filter)
+  sys.unraisablehook = hook
+  return remove
+
+
+@contextlib.contextmanager
+def quiet_write_error_reports():
+  """`install_write_error_filters` for the duration of the block."""
+  remove = install_write_error_filters()
+  try:
+    yield
+  finally:
+    remove()
 
 
 @contextlib.contextmanager

@@ -32,6 +32,22 @@ def _param_names(cell, input_size: int, units: int):
   return list(shapes) if isinstance(shapes, dict) else None
 
 
+def _positive_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_cell(cell, where: str) -> None:
+  """A cell has rnn_jax's contract (init, initial_carry, step), or a `TypeError` says so."""
+  missing = [f for f in ("init", "initial_carry", "step") if not callable(getattr(cell, f, None))]
+  if missing:
+    raise TypeError(f"{where}: {type(cell).__name__} is not a cell: it lacks "
+                    f"{', '.join(missing)} (rnn_jax.cells' contract)")
+
+
+def _cell_name(cell) -> str:
+  return getattr(cell, "name", type(cell).__name__)
+
+
 def _value(variable):
   """An nnx.Variable's value (`get_value` in newer Flax, `.value` before)."""
   get = getattr(variable, "get_value", None)
@@ -43,6 +59,15 @@ class LinenCell(nn.RNNCellBase):
   created by `cell.init` under rnn_jax's names."""
   cell: Any
   units: int
+
+  def __post_init__(self):
+    """A `ValueError`/`TypeError` at construction for units that are not a positive integer
+    or a cell without the contract (not a ZeroDivisionError deep inside `init`)."""
+    where = f"LinenCell({_cell_name(self.cell)}, units={self.units!r})"
+    _check_cell(self.cell, where)
+    if not _positive_int(self.units):
+      raise ValueError(f"{where}: units must be a positive integer, got {self.units!r}")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, carry, inputs):
@@ -72,6 +97,14 @@ class NnxCell(nnx.RNNCellBase):
   as `nnx.Param`s under rnn_jax's names."""
 
   def __init__(self, cell, in_features: int, units: int, *, rngs: nnx.Rngs):
+    where = f"NnxCell({_cell_name(cell)}, in_features={in_features!r}, units={units!r})"
+    _check_cell(cell, where)
+    for name, value in (("in_features", in_features), ("units", units)):
+      if not _positive_int(value):
+        raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    if not isinstance(rngs, nnx.Rngs):
+      raise TypeError(f"{where}: rngs must be an nnx.Rngs (e.g. nnx.Rngs(0)), got "
+                      f"{type(rngs).__name__}")
     self.cell = nnx.static(cell) if hasattr(nnx, "static") else cell
     self.in_features = in_features
     self.units = units
@@ -92,6 +125,10 @@ class NnxCell(nnx.RNNCellBase):
     return {name: _value(getattr(self, name)) for name in self.param_names}
 
   def __call__(self, carry, inputs):
+    if inputs.shape[-1] != self.in_features:  # the params were made for in_features
+      raise ValueError(f"NnxCell({_cell_name(self.cell)}, in_features={self.in_features}, "
+                       f"units={self.units}): inputs have {inputs.shape[-1]} features, "
+                       f"expected in_features={self.in_features}")
     return self.cell.step(self.cell_params, carry, inputs)
 
   def initialize_carry(self, input_shape, rngs=None, carry_init=None):

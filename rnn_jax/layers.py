@@ -18,11 +18,20 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import activations, cells, recurrent
+from rnn_jax import activations, backends, cells, recurrent
 from rnn_jax.cells import glorot_uniform
 
 Array = jax.Array
 Shape = tuple[int, ...]
+
+
+def _check_sizes(layer, *names: str) -> None:
+  """A `ValueError` naming the layer for a size that is not a positive integer."""
+  for name in names:
+    value = getattr(layer, name)
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
+      raise ValueError(f"{type(layer).__name__}: {name} must be a positive integer, got "
+                       f"{value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +40,9 @@ class Dense:
   units: int
   activation: Union[str, Callable, None] = None
   use_bias: bool = True
+
+  def __post_init__(self):
+    _check_sizes(self, "units")
 
   def init(self, key, input_shape: Shape):
     params = {"kernel": glorot_uniform(key, (input_shape[-1], self.units))}
@@ -51,6 +63,9 @@ class Maxout:
   units: int
   pieces: int = 2
 
+  def __post_init__(self):
+    _check_sizes(self, "units", "pieces")
+
   def init(self, key, input_shape: Shape):
     params = {"kernel": glorot_uniform(key, (input_shape[-1], self.units * self.pieces)),
               "bias": jnp.zeros((self.units * self.pieces,))}
@@ -70,6 +85,9 @@ class Embedding:
   input_dim: int
   output_dim: int
   mask_zero: bool = False
+
+  def __post_init__(self):
+    _check_sizes(self, "input_dim", "output_dim")
 
   def init(self, key, input_shape: Shape):
     # Keras's default embeddings_initializer: uniform(-0.05, 0.05).
@@ -102,6 +120,10 @@ class Dropout:
   """Inverted dropout at `rate`, a fresh mask for every element; identity in inference."""
   rate: float
   takes_batch_axis_name: ClassVar[bool] = True  # see `Sequential.apply`
+
+  def __post_init__(self):
+    if not 0.0 <= self.rate < 1.0:  # NaN too
+      raise ValueError(f"Dropout: rate must be in [0, 1), got {self.rate!r}")
 
   def init(self, key, input_shape: Shape):
     return {}, input_shape
@@ -217,6 +239,14 @@ class RNN:
                 zero_output_for_mask=self.zero_output_for_mask, dropout=self.dropout,
                 recurrent_dropout=self.recurrent_dropout, training=training, key=key)
 
+  def backend(self, dtype=None) -> backends.Backend:
+    """The backend (`rnn_jax.backends`) that computes this layer in training on this
+    platform, or a ValueError saying why its `implementation` cannot."""
+    features = frozenset(name for name, rate in (("input_dropout", self.dropout),
+                                                 ("recurrent_dropout", self.recurrent_dropout))
+                         if rate > 0)
+    return backends.resolve(self.cell, self.implementation, dtype=dtype, features=features)
+
   def outputs(self, y, carry, mask=None):
     """(layer output, output mask) from `recurrent.unroll`'s (y, carry)."""
     out_mask = mask if self.return_sequences else None
@@ -283,6 +313,11 @@ class Bidirectional:
   takes_batch_axis_name: ClassVar[bool] = True  # see `Sequential.apply`
 
   def __post_init__(self):
+    for name in ("layer", "backward_layer"):
+      layer = getattr(self, name)
+      if not (isinstance(layer, RNN) or (name == "backward_layer" and layer is None)):
+        raise TypeError(f"Bidirectional: {name} must be a recurrent layer (layers.RNN, e.g. "
+                        f"layers.LSTM(32)), got {type(layer).__name__}")
     if self.merge_mode not in MERGE_MODES:
       raise ValueError(f"Bidirectional merge_mode {self.merge_mode!r} is not one of {MERGE_MODES}")
     if self.backward_layer is not None and (
@@ -363,6 +398,10 @@ class Sequential:
   layers: tuple
 
   def __init__(self, layers: Sequence[Layer]):
+    for i, layer in enumerate(layers):  # a TypeError naming it, not an AttributeError later
+      if not (callable(getattr(layer, "init", None)) and callable(getattr(layer, "apply", None))):
+        raise TypeError(f"Sequential: layers[{i}] is {type(layer).__name__}, not a layer (an "
+                        "object with init(key, input_shape) and apply(params, x, ...))")
     object.__setattr__(self, "layers", tuple(layers))
 
   def init(self, key, sample_input) -> tuple:
@@ -389,6 +428,21 @@ class Sequential:
                  else {})
       x, mask = layer.apply(p, x, mask, training=training, key=layer_key, **sharded)
     return x
+
+
+def recurrent_layers(model, where: str = "model"):
+  """(where, layer) for every recurrent layer of `model` (a layer, a `Sequential`, or a
+  wrapper holding one as `.model`), both directions of a `Bidirectional`."""
+  if isinstance(model, Sequential):
+    for i, layer in enumerate(model.layers):
+      yield from recurrent_layers(layer, f"{where}.layers[{i}]")
+  elif isinstance(model, Bidirectional):
+    yield from recurrent_layers(model.forward, f"{where}.forward")
+    yield from recurrent_layers(model.backward, f"{where}.backward")
+  elif isinstance(model, RNN):
+    yield where, model
+  elif hasattr(model, "model"):  # e.g. precision.MixedPrecision
+    yield from recurrent_layers(model.model, where)
 
 
 def with_implementation(model, implementation):

@@ -137,7 +137,7 @@ def _kalman_smoother_mean(f, u, y, sigmasq, diag):
   s = _mm(_mm(fn, pt, diag), _tr(fn, diag), diag) + eye[1:]
   e = _tr(_solve(s, _mm(fn, pt, diag), diag), diag)
   g = mt - _mv(e, _mv(fn, mt, diag) + un, diag)
-  e = jnp.concatenate([e, jnp.zeros_like(e[:1])])
+  e = jnp.concatenate([e, jnp.zeros_like(f[:1])])  # (f's shape: e is empty when T = 1)
   g = jnp.concatenate([g, m[-1:]])
   return _affine_scan(e, g, diag, reverse=True)
 
@@ -257,10 +257,17 @@ def evaluate(step: Callable, params: Any, initial_carry: Any, xs: Array, *,
 
   Returns:
     A `Solution`; its values equal `jax.lax.scan(lambda c, x: step(params, c, x),
-    initial_carry, xs)` to the tolerance.
+    initial_carry, xs)` to the tolerance (exactly for T = 0 and 1, which are that scan).
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  if xs.shape[0] <= 1:
+    # Nothing to solve in parallel: no step (T = 0: the initial carry, no output) or one,
+    # h_1 = f(h_0, x_1) exactly. The scan itself, rather than Newton's machinery, which
+    # needs a step to vmap over and whose damped methods would spend their one
+    # iteration (max_iter = T) on a damped step and fall back with a warning.
+    carry, outputs = jax.lax.scan(lambda c, x: step(params, c, x), initial_carry, xs)
+    return Solution(outputs, carry, jnp.int32(xs.shape[0]), jnp.bool_(True))
   row = lambda tree: jax.tree_util.tree_map(lambda a: a[None], tree)
   unrow = lambda tree: jax.tree_util.tree_map(lambda a: a[0], tree)
   _, unravel = ravel_pytree(unrow(initial_carry))

@@ -27,7 +27,7 @@ in a row. What `preprocess` takes, by the run's kind:
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -42,6 +42,7 @@ from rnn_jax.train import saved
 
 PathLike = Union[str, os.PathLike]
 CHUNK = 256  # rows per compiled call of `apply` (the last chunk is padded)
+KINDS = ("imdb", "forecast", "arrays")  # preprocessing.json's "kind"
 
 
 class Predictor:
@@ -56,6 +57,9 @@ class Predictor:
     self.run_dir = None if run_dir is None else Path(run_dir)
     self.vocabulary = tuple(vocabulary)
     self.kind = preprocessing.get("kind", "arrays")
+    if self.kind not in KINDS:
+      raise ValueError(f"Predictor: preprocessing['kind'] must be one of {', '.join(KINDS)}, "
+                       f"got {self.kind!r}")
     self.compute_dtype = self.record.get("compute_dtype", "float32")
     self._computing = precision.with_compute_dtype(model, self.compute_dtype)
     self._apply = jax.jit(lambda p, x: self._computing.apply(p, x, training=False))
@@ -65,13 +69,38 @@ class Predictor:
   # --- the pieces ------------------------------------------------------------------------
 
   def preprocess(self, raw) -> np.ndarray:
-    """Raw inputs -> the model's input array (see the module docstring)."""
+    """Raw inputs -> the model's input array (see the module docstring). What the run's
+    kind does not take is a `TypeError`, a value it cannot use (another width, inf or NaN)
+    a `ValueError`, both in the user's terms; an empty batch gives an empty array."""
     if self.kind == "imdb":
       return self._encode_texts(raw)
     if self.kind == "forecast":
       return self._windows(self._values(raw))
-    dtype = self.record.get("input_dtype", "float32")
-    return np.asarray(raw, dtype)
+    return self._arrays(raw)
+
+  def _input_shape(self) -> tuple:
+    return tuple(self.record.get("input_shape", ()))
+
+  def _arrays(self, raw) -> np.ndarray:
+    """Arrays as the model takes them <input_dtype>[n, ..., features], checked."""
+    dtype, shape = self.record.get("input_dtype", "float32"), self._input_shape()
+    wanted = f"<{dtype}>[n, {', '.join(map(str, shape))}] arrays (the training's inputs)"
+    if isinstance(raw, (str, bytes, bytearray)) or (
+        hasattr(raw, "columns") and hasattr(raw, "iloc")):
+      raise TypeError(f"this run takes {wanted}, got {type(raw).__name__}")
+    try:
+      x = np.asarray(raw)
+    except ValueError as e:  # ragged nested lists
+      raise ValueError(f"this run takes {wanted}; the input is not one array ({e})") from None
+    if x.dtype.kind not in "biuf":
+      raise TypeError(f"this run takes {wanted}, got values of dtype {x.dtype} "
+                      "(strings or objects?)")
+    if x.size == 0 and x.shape[:1] in ((0,), ()) and x.ndim <= len(shape) + 1:
+      return np.zeros((0, *shape), dtype)  # an empty batch
+    if x.ndim != len(shape) + 1 or (shape and x.shape[-1] != shape[-1]):
+      raise ValueError(f"this run takes {wanted}, got shape {x.shape}")
+    _check_finite(x, "the input")
+    return x.astype(dtype)
 
   def apply(self, x) -> np.ndarray:
     """The model's outputs (float32) on input arrays, in chunks of `CHUNK` rows."""
@@ -108,6 +137,9 @@ class Predictor:
 
   def _chunked(self, fn, x) -> np.ndarray:
     x = np.asarray(x)
+    if len(x) == 0:  # an empty batch: empty outputs of the shapes one row would give
+      shapes = jax.eval_shape(fn, self.params, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+      return jax.tree.map(lambda s: np.zeros((0, *s.shape[1:]), s.dtype), shapes)
     outputs = []
     for start in range(0, max(len(x), 1), CHUNK):
       part = x[start:start + CHUNK]
@@ -121,8 +153,22 @@ class Predictor:
 
   def _encode_texts(self, texts) -> np.ndarray:
     from rnn_jax.data import imdb
+    wanted = "this run takes a review (a string) or a list of reviews"
     if isinstance(texts, str):
       texts = [texts]
+    elif isinstance(texts, (bytes, bytearray)):
+      raise TypeError(f"{wanted}, got bytes: decode them first (e.g. data.decode('utf-8'))")
+    elif isinstance(texts, np.ndarray) and texts.ndim == 1:
+      texts = texts.tolist()
+    elif isinstance(texts, (list, tuple)):
+      texts = list(texts)
+    else:
+      raise TypeError(f"{wanted}, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+      if not isinstance(text, str):
+        raise TypeError(f"{wanted}: review {i} is {type(text).__name__}, not a string")
+    if not texts:  # an empty batch
+      return np.zeros((0, *self._input_shape()), np.int32)
     if not self.vocabulary:
       raise UserError(f"{self.run_dir}: this run was trained on pre-encoded reviews (an "
                       "imdb.npz) and has no vocabulary; give predict_arrays word ids")
@@ -148,27 +194,39 @@ class Predictor:
                         f"order {columns}")
       return series.values
     if not isinstance(raw, pd.DataFrame):
-      raise TypeError(f"forecasting takes a pandas DataFrame or a CSV path, got {type(raw)}")
+      raise TypeError(f"a forecasting run takes a pandas DataFrame or a CSV path, got "
+                      f"{type(raw).__name__}")
     absent = [c for c in columns if c not in raw.columns]
     if absent:
-      raise UserError(f"the DataFrame lacks the training columns {absent} (it has "
-                      f"{list(raw.columns)})")
+      raise ValueError(f"the DataFrame lacks the training columns {absent} (it has "
+                       f"{list(raw.columns)})")
     frame = raw[columns].apply(pd.to_numeric, errors="coerce")
+    numbers = frame.to_numpy(np.float64)
+    if np.isinf(numbers).any():  # as the CSV reader, which takes inf for not a number
+      row, column = np.argwhere(np.isinf(numbers))[0]
+      raise ValueError(f"the DataFrame's row {raw.index[row]!r}, column {columns[column]!r}: "
+                       f"not a number: {numbers[row, column]} (inf is refused, as in a CSV)")
     if frame.isna().to_numpy().any():
       mode = prep.get("fill_missing")
       if mode is None:
-        raise UserError(f"{int(frame.isna().to_numpy().sum())} missing or non-numeric cells "
-                        "in the training columns, and the run did not fill missing cells")
+        row, column = np.argwhere(frame.isna().to_numpy())[0]
+        raise ValueError(f"{int(frame.isna().to_numpy().sum())} missing or non-numeric cells "
+                         f"in the training columns, e.g. row {raw.index[row]!r}, column "
+                         f"{columns[column]!r}, and the run did not fill missing cells")
       frame = (frame.interpolate(method="linear", limit_direction="both", axis=0)
                if mode == "interpolate" else frame.ffill().bfill())
-    return frame.to_numpy(np.float64)
+    values = frame.to_numpy(np.float64)
+    _check_finite(values, "the DataFrame (after filling missing cells)")
+    return values
 
   def _windows(self, values: np.ndarray) -> np.ndarray:
     from rnn_jax.data import windows
     prep = self.preprocessing
     lookback, step = prep["lookback"], prep["step"]
+    if len(values) == 0:  # an empty batch
+      return np.zeros((0, len(range(-lookback, 0, step)), values.shape[1]), np.float32)
     if len(values) < lookback:
-      raise UserError(f"{len(values)} rows are fewer than one window (lookback {lookback})")
+      raise ValueError(f"{len(values)} rows are fewer than one window (lookback {lookback})")
     data = ((values - np.asarray(prep["mean"])) / np.asarray(prep["std"])).astype(np.float32)
     time = len(range(-lookback, 0, step))
     ends = np.arange(lookback, len(values) + 1)
@@ -210,6 +268,14 @@ class Predictor:
     return timeseries.read_csv(raw, spec).times
 
 
+def _check_finite(x: np.ndarray, what: str) -> None:
+  """A `ValueError` naming the first inf or NaN of a float array (the CSV reader refuses
+  them too), rather than silently wrong predictions."""
+  if x.dtype.kind == "f" and not np.isfinite(x).all():
+    index = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+    raise ValueError(f"{what} holds {x[index]} at index {index}: every value must be finite")
+
+
 def _input_example(record: dict) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((1, *record["input_shape"]), jnp.dtype(record["input_dtype"]))
 
@@ -232,17 +298,77 @@ def restore_params(run_dir: PathLike, model, record: dict, replica: Optional[int
   params = jax.tree.map(np.asarray, restored[1]["params"])
   if num_seeds > 1 and replica is not None:
     if not 0 <= replica < num_seeds:
-      raise UserError(f"replica {replica}: the run has {num_seeds} (0..{num_seeds - 1})")
+      raise UserError(f"replica={replica}: the run trained {num_seeds} replicas "
+                      f"(0..{num_seeds - 1})")
     params = jax.tree.map(lambda a: a[replica], params)
   return params
 
 
-def load(run_dir: PathLike, *, model=None, replica: int = 0) -> Predictor:
-  """The run in `run_dir` (one model's workdir) as a `Predictor`.
+def _verified_bytes(run_dir: Path, name: str, manifest: Optional[dict]) -> bytes:
+  """The bytes of run file `name`, checked against model.json's record of its size and
+  SHA-256 (format 2); a missing, truncated or changed file is a `UserError` naming it."""
+  path = run_dir / name
+  try:
+    data = path.read_bytes()
+  except FileNotFoundError:
+    raise UserError(f"{path}: no such file; the run needs it (model.json "
+                    f"{'lists' if manifest and name in manifest else 'refers to'} it)") from None
+  except OSError as e:
+    raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+  if manifest is not None:
+    if name not in manifest:
+      raise UserError(f"{path}: not a file this run wrote ({run_dir / saved.MODEL_FILE} lists "
+                      f"{', '.join(sorted(manifest)) or 'none'})")
+    expected = manifest[name]
+    if len(data) != expected["bytes"]:
+      raise UserError(f"{path}: {len(data)} bytes, but the run wrote {expected['bytes']} "
+                      f"(truncated or changed since; {run_dir / saved.MODEL_FILE} records it)")
+    if saved.file_record(data)["sha256"] != expected["sha256"]:
+      raise UserError(f"{path}: its SHA-256 is not the one the run wrote (changed since; "
+                      f"{run_dir / saved.MODEL_FILE} records it)")
+  return data
 
-  `model` rebuilds the architecture in code when the run has no model.json (a cell of
-  your own); `replica` picks one of --num_seeds replicas.
-  """
+
+def _check_preprocessing(path: Path, prep: dict) -> None:
+  """preprocessing.json's fields that `Predictor` reads, by kind: else a `UserError`."""
+  def need(ok: bool, what: str):
+    if not ok:
+      raise UserError(f"{path}: not a preprocessing file: {what}")
+  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+  kind = prep.get("kind")
+  need(kind in KINDS, f"'kind' is {kind!r}, not one of {', '.join(KINDS)}")
+  if kind == "imdb":
+    for key in ("num_words", "maxlen"):
+      need(prep.get(key) is None or (is_int(prep[key]) and prep[key] >= 1),
+           f"{key!r} is {prep.get(key)!r}, not a positive integer")
+    name = prep.get("vocabulary_file")
+    need(name is None or (isinstance(name, str) and Path(name).name == name and name),
+         f"'vocabulary_file' is {name!r}, not a file name in the run's directory")
+  elif kind == "forecast":
+    columns = prep.get("columns")
+    need(isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns),
+         f"'columns' is {columns!r}, not a list of column names")
+    need(prep.get("target") in columns, f"'target' {prep.get('target')!r} is not one of "
+                                        "'columns'")
+    for key in ("mean", "std"):
+      values = prep.get(key)
+      need(isinstance(values, list) and len(values) == len(columns)
+           and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v) for v in values),
+           f"{key!r} is not {len(columns)} finite numbers, one per column")
+    need(all(v > 0 for v in prep["std"]), "'std' holds a value that is not positive")
+    for key, low in (("lookback", 1), ("step", 1), ("delay", 0)):
+      need(is_int(prep.get(key)) and prep[key] >= low,
+           f"{key!r} is {prep.get(key)!r}, not an integer of at least {low}")
+    need(prep["lookback"] % prep["step"] == 0, "'step' does not divide 'lookback'")
+    need(isinstance(prep.get("reverse", False), bool), "'reverse' is not true or false")
+
+
+def read_run_files(run_dir: PathLike) -> tuple[Any, dict, dict, tuple]:
+  """(model or None, model.json's record, preprocessing, vocabulary) of a run directory,
+  every file checked (`serialize.load_model`, the sizes and checksums model.json records,
+  each field `Predictor` reads): anything wrong is one `UserError` naming the file. A run
+  missing a file it needs is refused by name; nothing is silently defaulted."""
   run_dir = Path(run_dir)
   model_file = run_dir / saved.MODEL_FILE
   if not run_dir.is_dir():
@@ -255,16 +381,48 @@ def load(run_dir: PathLike, *, model=None, replica: int = 0) -> Predictor:
     raise UserError(f"{run_dir}: no {saved.MODEL_FILE} (a run of an older rnn_jax, or not "
                     "a run's directory)")
   built, record = serialize.load_model(model_file)
+  manifest = record.get("files")  # None for format 1, which recorded no checksums
+  prep_file = run_dir / saved.PREPROCESSING_FILE
+  preprocessing = serialize.read_json_object(
+      prep_file, "a preprocessing file",
+      _verified_bytes(run_dir, saved.PREPROCESSING_FILE, manifest))
+  _check_preprocessing(prep_file, preprocessing)
+  vocabulary = ()
+  if preprocessing.get("vocabulary_file"):
+    name = preprocessing["vocabulary_file"]
+    data = _verified_bytes(run_dir, name, manifest)
+    try:
+      text = data.decode("utf-8")
+    except UnicodeDecodeError:
+      raise UserError(f"{run_dir / name}: not UTF-8 text") from None
+    if text and not text.endswith("\n"):
+      raise UserError(f"{run_dir / name}: its last line is cut short (truncated?)")
+    vocabulary = tuple(text.split("\n")[:-1])
+    size = preprocessing.get("vocabulary_size")
+    if size is not None and size != len(vocabulary):
+      raise UserError(f"{run_dir / name}: {len(vocabulary)} words, but "
+                      f"{prep_file.name} records {size} (truncated or changed since)")
+  return built, record, preprocessing, vocabulary
+
+
+def load(run_dir: PathLike, *, model=None, replica: int = 0) -> Predictor:
+  """The run in `run_dir` (one model's workdir) as a `Predictor`, its files checked
+  (`read_run_files`).
+
+  `model` rebuilds the architecture in code when the run has no model.json (a cell of
+  your own); `replica` picks one of --num_seeds replicas.
+  """
+  run_dir = Path(run_dir)
+  built, record, preprocessing, vocabulary = read_run_files(run_dir)
+  num_seeds = int(record.get("num_seeds", 1))
+  if (isinstance(replica, bool) or not isinstance(replica, int)
+      or not 0 <= replica < num_seeds):
+    raise UserError(f"replica={replica!r}: {run_dir} trained {num_seeds} replica"
+                    f"{'s' if num_seeds > 1 else ''} (0..{num_seeds - 1})")
   model = model or built
   if model is None:
     raise UserError(f"{run_dir}: {saved.MODEL_FILE} holds no architecture "
                     f"({record.get('not_serializable')}); pass model=...")
-  prep_file = run_dir / saved.PREPROCESSING_FILE
-  preprocessing = json.loads(prep_file.read_text()) if prep_file.is_file() else {"kind": "arrays"}
-  vocabulary = ()
-  if preprocessing.get("vocabulary_file"):
-    text = (run_dir / preprocessing["vocabulary_file"]).read_text(encoding="utf-8")
-    vocabulary = tuple(text.split("\n")[:-1])
   params = restore_params(run_dir, model, record, replica)
   return Predictor(model, params, preprocessing, record=record, run_dir=run_dir,
                    vocabulary=vocabulary)

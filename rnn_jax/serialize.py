@@ -28,9 +28,16 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from rnn_jax import activations, cells, layers
+import jax.numpy as jnp
 
-FORMAT = "rnn_jax.model/1"
+from rnn_jax import activations, cells, layers
+from rnn_jax.errors import UserError
+from rnn_jax.precision import COMPUTE_DTYPES
+
+# model.json's format; 2 adds "files", the sizes and SHA-256 of preprocessing.json and
+# vocabulary.txt. Runs of format 1 load too.
+FORMAT = "rnn_jax.model/2"
+FORMATS = ("rnn_jax.model/1", FORMAT)
 LAYERS = {cls.__name__: cls for cls in (layers.Dense, layers.Maxout, layers.Embedding,
                                         layers.Flatten, layers.Dropout, layers.RNN,
                                         layers.Bidirectional, layers.Sequential)}
@@ -156,10 +163,72 @@ def save_model(path: os.PathLike, model, *, input_shape: Sequence[int], input_dt
   return path
 
 
+def read_json_object(path: os.PathLike, what: str, data: Optional[bytes] = None) -> dict:
+  """The JSON object in `path` (or in `data`, its bytes when already read); a missing,
+  unreadable, truncated or non-object file is one `UserError` naming it and `what` it
+  should be."""
+  path = Path(path)
+  try:
+    text = (path.read_bytes() if data is None else data).decode("utf-8")
+  except FileNotFoundError:
+    raise UserError(f"{path}: no such file (the run needs {what})") from None
+  except UnicodeDecodeError:
+    raise UserError(f"{path}: not {what}: not UTF-8 text") from None
+  except OSError as e:
+    raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise UserError(f"{path}: not {what}: not valid JSON, truncated or damaged? ({e})") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{path}: not {what}: a JSON {type(value).__name__}, not an object")
+  return value
+
+
+def _check_record(path: Path, record: dict) -> None:
+  """The fields of model.json that `load` reads, each of its type: else a `UserError`."""
+  def need(ok: bool, key: str, what: str):
+    if not ok:
+      raise UserError(f"{path}: not an rnn_jax model file: {key!r} is "
+                      f"{record.get(key, '(missing)')!r}, not {what}")
+  shape = record.get("input_shape")
+  need(isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                       and d >= 0 for d in shape), "input_shape",
+       "a list of sizes")
+  try:
+    dtype_ok = isinstance(record.get("input_dtype"), str) and bool(jnp.dtype(record["input_dtype"]))
+  except TypeError:
+    dtype_ok = False
+  need(dtype_ok, "input_dtype", "a dtype's name")
+  need(record.get("compute_dtype", "float32") in COMPUTE_DTYPES, "compute_dtype",
+       f"one of {', '.join(COMPUTE_DTYPES)}")
+  seeds = record.get("num_seeds", 1)
+  need(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1, "num_seeds",
+       "a positive integer")
+  need("model" in record and (record["model"] is None or isinstance(record["model"], dict)),
+       "model", "a layer's config (or null)")
+  if record["format"] != FORMATS[0]:  # since format 2: the other run files' sizes and sums
+    manifest = record.get("files")
+    need(isinstance(manifest, dict) and all(
+        isinstance(v, dict) and isinstance(v.get("bytes"), int)
+        and isinstance(v.get("sha256"), str) for v in manifest.values()), "files",
+         "the run files' sizes and checksums")
+
+
 def load_model(path: os.PathLike) -> tuple[Any, dict]:
-  """(model, the whole record of model.json)."""
-  record = json.loads(Path(path).read_text())
-  if record.get("format") != FORMAT:
-    raise ValueError(f"{path}: not an rnn_jax model file (format {record.get('format')!r}, "
-                     f"expected {FORMAT!r})")
-  return (None if record["model"] is None else from_config(record["model"])), record
+  """(model, the whole record of model.json), checked: a file that is not one (truncated,
+  another JSON, another format, a field of another type, an architecture that cannot be
+  rebuilt) is one `UserError` naming it."""
+  path = Path(path)
+  record = read_json_object(path, "an rnn_jax model file")
+  if record.get("format") not in FORMATS:
+    raise UserError(f"{path}: not an rnn_jax model file (format {record.get('format')!r}, "
+                    f"expected {FORMAT!r})")
+  _check_record(path, record)
+  if record["model"] is None:
+    return None, record
+  try:
+    return from_config(record["model"]), record
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise UserError(f"{path}: its architecture ('model') cannot be rebuilt: "
+                    f"{type(e).__name__}: {e}") from None

@@ -180,6 +180,17 @@ def _write_inputs(d: Path) -> None:
   np.savez(d / "lengths.npz", x_train=ragged, y_train=np.zeros(2), x_test=ragged,
            y_test=np.zeros(3))
 
+  # A run's files for experiments.predict (no checkpoint: each case stops before one is read).
+  import types  # pylint: disable=import-outside-toplevel
+  from rnn_jax import layers  # pylint: disable=import-outside-toplevel
+  from rnn_jax.train import saved  # pylint: disable=import-outside-toplevel
+  options = types.SimpleNamespace(compute_dtype="float32", num_seeds=1)
+  for name in ("arrays_run", "truncated_run"):
+    saved.write_run_files(d / name, layers.Sequential([layers.GRU(2), layers.Dense(1)]),
+                          np.zeros((1, 4, 2), np.float32), options, {"kind": "arrays"})
+  model_json = (d / "truncated_run" / "model.json").read_bytes()
+  (d / "truncated_run" / "model.json").write_bytes(model_json[:len(model_json) // 2])
+
 
 # -------------------------------------------------------------------------------- cases
 
@@ -208,6 +219,11 @@ def _imdb(data, *flags, **setup):
   data_flag = [f"--data_path={{in}}/{data}"] if data else []
   return dict(module="experiments.imdb_sentiment", argv=[*data_flag, *IMDB_SIZES, *flags],
               **setup)
+
+
+def _predict(*flags, **setup):
+  """experiments.predict, which has no --workdir: its files go under the case's run/."""
+  return dict(module="experiments.predict", argv=list(flags), workdir=False, **setup)
 
 
 CASES = {
@@ -422,6 +438,42 @@ CASES = {
         _imdb(None, before={"cache/aclImdb_v1.tar.gz": "an old, wrong file"}),
         r"could not download .*; put the file at \S*/cache/aclImdb_v1\.tar\.gz \(\S*/cache/"
         r"aclImdb_v1\.tar\.gz has sha256 [0-9a-f]{64}, expected c40f74a1"),
+    # --- an implementation the cell lacks, before the CSV is read or a workdir made (issue 26)
+    "adding_native_gru": (_adding("--model=gru", "--implementation=native"),
+                          r"--implementation=native does not fit --model=gru: model\.layers\[0\] "
+                          r"\(GRU\(2\)\): implementation='native' cannot compute this gru layer: no "
+                          r"native kernel computes gru"),
+    "forecast_associative_gru": (
+        _jena("nope.csv", "--model=naive,gru", "--implementation=associative"),
+        r"--implementation=associative does not fit --model=gru: .*needs a cell linear in its "
+        r"state"),
+    # --- experiments.predict (issue 26)
+    "predict_output_is_input": (
+        _predict("--run={in}/arrays_run", "--input={case}/run/x.npy", "--output={case}/run/x.npy",
+                 before={"run/x.npy": "the user's inputs"}),
+        r"--output=\S*/run/x\.npy is --input: choose another file, the input is never written "
+        r"over"),
+    "predict_export_over_input": (
+        _predict("--run={in}/arrays_run", "--input={case}/run/x.npy", "--export={case}/run/x.npy",
+                 before={"run/x.npy": "the user's inputs"}),
+        r"--export=\S*/run/x\.npy is --input"),
+    "predict_export_over_model_json": (
+        _predict("--run={case}/run", "--export={case}/run/model.json",
+                 before={"run/model.json": "{}"}),
+        r"--export=\S*/run/model\.json is a file of --run=\S*/run: choose another file"),
+    "predict_platforms_bogus": (
+        _predict("--run={in}/arrays_run", "--export={case}/run/model.jax", "--platforms=bogus"),
+        r"--platforms=bogus: choose from cpu, cuda, rocm, tpu$"),
+    "predict_replica_negative": (
+        _predict("--run={in}/arrays_run", "--export={case}/run/model.jax", "--replica=-1"),
+        r"--replica must be 0 or more, got -1"),
+    "predict_replica_single_seed": (
+        _predict("--run={in}/arrays_run", "--export={case}/run/model.jax", "--replica=1"),
+        r"replica=1: \S*/arrays_run trained 1 replica \(0\.\.0\)"),
+    "predict_truncated_model_json": (
+        _predict("--run={in}/truncated_run", "--export={case}/run/model.jax"),
+        r"truncated_run/model\.json: not an rnn_jax model file: not valid JSON, truncated or "
+        r"damaged\?"),
 }
 
 
@@ -448,9 +500,9 @@ def _prepare(tmp: Path, name: str, case: dict) -> dict:
   for relative, text in case.get("before", {}).items():
     (case_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     (case_dir / relative).write_text(text)
-  fill = lambda s: s.replace("{in}", str(tmp / "inputs"))
+  fill = lambda s: s.replace("{in}", str(tmp / "inputs")).replace("{case}", str(case_dir))
   argv = [fill(a) for a in case["argv"]]
-  if not any(a.startswith("--workdir=") for a in argv):
+  if case.get("workdir", True) and not any(a.startswith("--workdir=") for a in argv):
     argv.append(f"--workdir={case_dir / 'run'}")
   # No case may reach the network: a download goes to a proxy that refuses at once.
   env = {"RNN_JAX_DATA_CACHE": str(case_dir / "cache"), "JAX_PLATFORMS": "cpu",

@@ -105,7 +105,7 @@ def test_opt_in_never_auto_and_export_takes_the_portable_path(tmp_path):
   model = layers.Sequential([native, layers.Dense(1)])
   portable = export._exportable(model)
   assert portable.layers[0].implementation == "auto"
-  assert provenance.backends(model) == [{"layer": "layers[0]", "cell": "min_gru",
+  assert provenance.backends(model) == [{"layer": "model.layers[0]", "cell": "min_gru",
                                          "implementation": "native", "backend": "native"}]
 
 

@@ -85,3 +85,40 @@ def test_import_rnn_jax_does_not_import_flax():
       cwd=README.parent)
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda: flax_modules.LinenCell(cells.gru(), 0),
+     r"LinenCell\(gru, units=0\): units must be a positive integer, got 0"),
+    (lambda: flax_modules.LinenCell(cells.gru(), 2.5),
+     r"LinenCell\(gru, units=2\.5\): units must be a positive integer"),
+    (lambda: flax_modules.NnxCell(cells.gru(), 3, 0, rngs=nnx.Rngs(0)),
+     r"NnxCell\(gru, in_features=3, units=0\): units must be a positive integer, got 0"),
+    (lambda: flax_modules.NnxCell(cells.gru(), 0, 4, rngs=nnx.Rngs(0)),
+     r"NnxCell\(gru, in_features=0, units=4\): in_features must be a positive integer"),
+], ids=["linen_units_0", "linen_units_float", "nnx_units_0", "nnx_in_features_0"])
+def test_wrappers_check_their_sizes_when_built(make, pattern):
+  """issue 26: units=0 was a ZeroDivisionError inside the cell's init."""
+  with pytest.raises(ValueError, match=pattern):
+    make()
+
+
+def test_wrappers_refuse_what_is_not_a_cell():
+  with pytest.raises(TypeError, match=r"LinenCell\(str, units=4\): str is not a cell: it lacks "
+                                      r"init, initial_carry, step"):
+    flax_modules.LinenCell("gru", 4)
+
+
+def test_nnx_cell_checks_the_input_width_against_in_features():
+  """issue 26: inputs of another width than in_features were not checked."""
+  rnn = nnx.RNN(flax_modules.NnxCell(cells.gru(), 3, 4, rngs=nnx.Rngs(0)))
+  assert rnn(jnp.ones((2, 5, 3))).shape == (2, 5, 4)
+  with pytest.raises(ValueError, match=r"NnxCell\(gru, in_features=3, units=4\): inputs have 5 "
+                                       r"features, expected in_features=3"):
+    rnn(jnp.ones((2, 5, 5)))
+
+
+def test_nnx_cell_needs_rngs():
+  with pytest.raises(TypeError, match=r"NnxCell\(gru, in_features=3, units=4\): rngs must be an "
+                                      r"nnx\.Rngs"):
+    flax_modules.NnxCell(cells.gru(), 3, 4, rngs=0)

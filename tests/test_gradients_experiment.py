@@ -55,12 +55,28 @@ def test_model_picks_the_figure_s_models_in_order(tmp_path):
     ("--model=gru,rnn", "--model: unknown ['rnn']; choose from ['simple_rnn_tanh', "),
     ("--model=", "--model: give at least one model, from ['simple_rnn_tanh', "),
     ("--model=lstm,lstm", "--model=lstm,lstm: 'lstm' is listed twice"),
-    ("--parts=profile", "--parts: choose from profiles, clipping")])
+    ("--parts=profile", "--parts: choose from profiles, clipping"),
+    # issue 26: the clipping runs' learning rate and the scales were not checked.
+    ("--clipping_learning_rate=-0.05", "--clipping_learning_rate must be positive, got -0.05"),
+    ("--explode_scale=nan", "--explode_scale must be positive, got nan"),
+    ("--clipping_scale=0", "--clipping_scale must be positive, got 0.0")])
 def test_bad_models_are_one_line_before_any_work(tmp_path, flag, message):
   done = _run(flag, tmp_path=tmp_path)
   lines = done.stderr.strip().splitlines()
   assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
   assert message in lines[0]
+  assert not any(tmp_path.iterdir())
+
+
+def test_an_overflowing_scale_is_one_line_and_writes_no_nan(tmp_path):
+  """issue 26: a huge --explode_scale wrote NaN into gradients.json (not JSON); now it is
+  refused, naming the flag, before any model trains."""
+  done = _run("--explode_scale=1e30", "--seq_len=12", "--units=4", "--num_train=64",
+              tmp_path=tmp_path)
+  lines = done.stderr.strip().splitlines()
+  assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+  assert lines[0].startswith("error: --explode_scale=1e+30: simple_rnn_relu_exploding's "
+                             "gradients at initialisation overflow float32")
   assert not any(tmp_path.iterdir())
 
 

@@ -277,3 +277,44 @@ def test_elk_solves_without_lapack_and_as_accurately():
   hlo = jax.jit(lambda p, c, x: parallel.evaluate(cell.step, p, c, x, method="elk")).lower(
       params, carry, xs).as_text()
   assert "lapack" not in hlo and "getrf" not in hlo
+
+
+@pytest.mark.parametrize("method", parallel.METHODS)
+@pytest.mark.parametrize("time", [0, 1])
+def test_zero_and_one_steps_equal_the_scan_in_values_and_gradients(method, time):
+  """issue 26: every method failed at T = 0 (a vmap over no step), ELK and quasi-ELK at
+  T = 1 (the smoother's gains); now each is the scan's result, without a warning: at
+  T = 0 no output and the initial carry, at T = 1 one step."""
+  cell = cells.lstm()
+  params, carry, xs = _problem(cell, "init", time)
+  final, outputs = _sequential(cell.step, params, carry, xs)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    sol = jax.jit(lambda p, c, x: parallel.evaluate(cell.step, p, c, x, method=method))(
+        params, carry, xs)
+    jax.effects_barrier()
+  assert sol.outputs.shape == outputs.shape == (time, BATCH, UNITS)
+  assert bool(sol.converged) and int(sol.iterations) == time
+  np.testing.assert_array_equal(sol.outputs, outputs)
+  for got, want in zip(jax.tree_util.tree_leaves(sol.final_carry),
+                       jax.tree_util.tree_leaves(final)):
+    np.testing.assert_array_equal(got, want)
+
+  def loss(solve):
+    return lambda p, c: sum(jnp.sum(jnp.sin(leaf)) for leaf in
+                            jax.tree_util.tree_leaves(solve(p, c)))
+  got = jax.grad(loss(lambda p, c: parallel.evaluate(cell.step, p, c, xs, method=method)[:2]),
+                 argnums=(0, 1))(params, carry)
+  want = jax.grad(loss(lambda p, c: _sequential(cell.step, p, c, xs)[::-1]),
+                  argnums=(0, 1))(params, carry)
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_the_smoother_takes_a_single_step():
+  """ELK's smoother at T = 1 (its gains' concatenation assumed a second step)."""
+  f = jnp.zeros((1, BATCH, UNITS, UNITS))
+  u, y = jnp.ones((1, BATCH, UNITS)), jnp.full((1, BATCH, UNITS), 3.0)
+  for diag, jac in ((False, f), (True, f[..., 0])):
+    mean = parallel._kalman_smoother_mean(jac, u, y, 1.0, diag)  # pylint: disable=protected-access
+    np.testing.assert_allclose(mean, jnp.full_like(u, 2.0))  # (u + y) / 2 with sigma² = 1

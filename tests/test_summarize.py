@@ -84,3 +84,12 @@ def test_a_broken_results_file_is_a_user_error(tmp_path):
   (tmp_path / "x" / "results.json").write_text("{not json")
   with pytest.raises(UserError, match="results.json: not a results file"):
     summarize.load_results(tmp_path)
+
+
+def test_an_unknown_experiment_without_metrics_gets_a_table_and_no_chart(tmp_path):
+  """issue 26: a results.json of an experiment of your own with no val or test metrics was
+  an IndexError in the charts."""
+  write(tmp_path, "mine/rnn", "my_experiment", "rnn", None)
+  runs = summarize.load_results(tmp_path)
+  assert "| rnn | 3 | 12 | mine/rnn |" in summarize.table(runs)
+  assert summarize.charts(runs, tmp_path) == []

@@ -259,6 +259,6 @@ def test_fit_changes_no_process_wide_allocator_setting(tmp_path, monkeypatch):
   assert calls == []
   backend = "per_gate" if jax.default_backend() == "cpu" else "fused"
   assert result.results["config"]["backends"] == [
-      {"layer": "layers[0]", "cell": "gru", "implementation": "auto", "backend": backend}]
+      {"layer": "model.layers[0]", "cell": "gru", "implementation": "auto", "backend": backend}]
   saved = json.loads((tmp_path / "run" / "results.json").read_text())
   assert saved["config"]["backends"] == result.results["config"]["backends"]

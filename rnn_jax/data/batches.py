@@ -72,6 +72,20 @@ class ArrayBatches:
   max_steps_per_epoch: Optional[int] = None
   max_val_steps: Optional[int] = None
 
+  def __post_init__(self):
+    """A batch size that is not a positive integer, or inputs and targets of different
+    lengths, are a `ValueError` here rather than a wrong batch later."""
+    if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
+        or self.batch_size < 1:
+      raise ValueError(f"ArrayBatches: batch_size must be a positive integer, got "
+                       f"{self.batch_size!r}")
+    if (self.x_test is None) != (self.y_test is None):
+      raise ValueError("ArrayBatches: give x_test and y_test together, or neither")
+    for part in ("train", "val", "test"):
+      x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
+      if x is not None and len(x) != len(y):
+        raise ValueError(f"ArrayBatches: x_{part} has {len(x)} rows and y_{part} {len(y)}")
+
   @classmethod
   def from_arrays(cls, x, y, *, validation_split: float, x_test=None, y_test=None, **kwargs):
     (x_train, y_train), (x_val, y_val) = split_validation(x, y, validation_split)

@@ -19,12 +19,12 @@
   result = train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=options)
 """
 from rnn_jax.train import options, provenance
-from rnn_jax.train.fit import FitResult, fit, train_batches
+from rnn_jax.train.fit import FitResult, check_model, fit, train_batches
 from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions, check_flags, define_flags
 from rnn_jax.train.placement import Placement, put
 from rnn_jax.train.results import write_results
 from rnn_jax.train.rundir import Diverged, Interrupted
-from rnn_jax.train.runs import ModelRun, check_names, check_workdir
+from rnn_jax.train.runs import ModelRun, check_models, check_names, check_workdir
 from rnn_jax.train.runs import plan as plan_runs
 from rnn_jax.train.runtime import check as check_run_flags
 from rnn_jax.train.runtime import (MAX_CPU_DEVICES, cpu_device_count, cpu_devices_per_core,

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import checkpoints, distributed, optim, plots, precision
+from rnn_jax import checkpoints, distributed, layers, optim, plots, precision
 from rnn_jax import metrics as metrics_lib
 from rnn_jax.errors import UserError
 from rnn_jax.train import progress as progress_lib
@@ -54,6 +54,80 @@ def train_batches(batches, seeds: Sequence[int], epoch: int):
     return batches.train(seeds[0], epoch)
   return (tuple(np.stack(parts) for parts in zip(*step))
           for step in zip(*(batches.train(seed, epoch) for seed in seeds)))
+
+
+def check_model(model, compute_dtype: Optional[str] = None) -> None:
+  """Every recurrent layer's `implementation` computes it (`layers.RNN.backend`: the cell,
+  the platform, the dtype, its dropout), or a `ValueError` naming the layer: found before
+  a run writes anything, not while tracing."""
+  for where, layer in layers.recurrent_layers(model):
+    try:
+      layer.backend(compute_dtype)
+    except ValueError as e:
+      name = layer._name  # pylint: disable=protected-access
+      raise ValueError(f"{where} ({name}): {e}") from None
+
+
+def check_learning_rates(options: TrainOptions, steps_per_epoch: int) -> None:
+  """The learning rate of every step of the run is finite and not negative (and not 0 at
+  every step): a schedule of the options or a function given as `learning_rate`; else a
+  `ValueError` naming the first bad step."""
+  rate = optim.schedule(options.lr_schedule, options.learning_rate,
+                        total_steps=options.epochs * steps_per_epoch,
+                        warmup_steps=options.warmup_steps, steps_per_epoch=steps_per_epoch,
+                        decay_rate=options.lr_decay_rate)
+  if not callable(rate):
+    return  # a number: TrainOptions checked it
+  steps = np.arange(options.epochs * steps_per_epoch)
+  try:
+    rates = np.asarray(jax.vmap(rate)(jnp.asarray(steps, jnp.int32)), np.float64)
+  except Exception:  # pylint: disable=broad-except  # a function vmap cannot batch: a sample
+    steps = np.unique(np.linspace(0, len(steps) - 1, 64).astype(int))
+    rates = np.asarray([float(rate(int(step))) for step in steps], np.float64)
+  rates = np.broadcast_to(rates, steps.shape)
+  bad = np.flatnonzero(~np.isfinite(rates) | (rates < 0))
+  if len(bad) or not np.any(rates > 0):
+    step = int(steps[bad[0]]) if len(bad) else 0
+    raise ValueError(
+        f"TrainOptions: the learning rate at step {step} (epoch {step // steps_per_epoch + 1}) "
+        f"is {float(rate(step)):g}; every step's must be finite and at least 0, and some "
+        f"positive (learning_rate={options.learning_rate!r}, lr_schedule={options.lr_schedule!r})")
+
+
+def _check_batch(batch, where: str, placement: Placement, stacked: bool) -> None:
+  """A batch that cannot be split over the mesh's 'data' devices, or whose x, y and weight
+  differ in rows, is a `ValueError` naming it (not JAX's `IndivisibleError` mid-run)."""
+  axis = 1 if stacked else 0
+  rows = {name: np.shape(part)[axis] for name, part in zip(("x", "y", "weight"), batch)}
+  if len(set(rows.values())) > 1:
+    raise ValueError(f"{where}: x, y and weight have {rows['x']}, {rows['y']} and "
+                     f"{rows['weight']} rows; a batch is (x, y, weight) of one length")
+  devices = placement.mesh.shape["data"]
+  if rows["x"] % devices:
+    raise ValueError(
+        f"{where} has {rows['x']} rows, which do not split over the {devices} devices of the "
+        "mesh: every batch must have batch_size rows (pad a last, smaller batch with "
+        "weight-0 rows, as rnn_jax.data.batches does)")
+
+
+def _check_batches(batches, seed: int, steps_per_epoch: int, val_steps: int,
+                   placement: Placement) -> None:
+  """The first epoch's training batches, the validation and the test batches checked by
+  `_check_batch` before anything is written (their shapes only: one cheap pass)."""
+  parts = [(f"batches.train(seed={seed}, epoch=1)", batches.train(seed, 1), steps_per_epoch),
+           ("batches.val()", batches.val(), val_steps)]
+  if batches.test_steps:
+    parts.append(("batches.test()", batches.test(), batches.test_steps))
+  for what, iterator, steps in parts:
+    for _ in _checked(itertools.islice(iterator, steps), what, placement):
+      pass
+
+
+def _checked(batches, what: str, placement: Placement, stacked: bool = False):
+  """`batches` as they come, each checked by `_check_batch`."""
+  for i, batch in enumerate(batches):
+    _check_batch(batch, f"{what} batch {i + 1}", placement, stacked)
+    yield batch
 
 
 def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
@@ -95,14 +169,23 @@ def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
     each replica's from its own best epoch.
   """
   metrics_lib.check_names(loss, metrics)
+  # Everything that could not run is refused before the workdir is made or touched.
+  if not isinstance(options, TrainOptions):
+    raise TypeError(f"fit: options must be a TrainOptions, got {type(options).__name__}")
+  check_model(model, options.compute_dtype)
   steps_per_epoch = options.steps_per_epoch or batches.steps_per_epoch
   if steps_per_epoch > batches.steps_per_epoch:
     raise UserError(f"--steps_per_epoch={steps_per_epoch} but the data has only "
                     f"{batches.steps_per_epoch} batches per epoch")
   if steps_per_epoch < 1:
     raise UserError("the training data is empty: not one batch for an epoch")
+  if optimizer is None or isinstance(optimizer, str):
+    check_learning_rates(options, steps_per_epoch)
   val_steps = min(options.validation_steps or batches.val_steps, batches.val_steps)
   placement = Placement.make(options.num_devices, batches.batch_size, options.num_seeds)
+  seeds = [options.seed + r for r in range(options.num_seeds)]
+  sample_xs = [next(iter(batches.train(seed, 1)))[0] for seed in seeds]
+  _check_batches(batches, seeds[0], steps_per_epoch, val_steps, placement)
   workdir = Path(options.workdir)
   lock = rundir.lock(workdir) if distributed.is_primary() else contextlib.nullcontext()
   with lock, rundir.StopOnSigint() as sigint:
@@ -123,7 +206,7 @@ def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
                  "backends": provenance.backends(model, options.compute_dtype)}
     return _fit(model, batches, loss, tuple(metrics), options, target_unit,
                 {"config": effective, **(extra_results or {})}, workdir, sigint, placement,
-                steps_per_epoch, val_steps, optimizer, preprocessing)
+                steps_per_epoch, val_steps, sample_xs, optimizer, preprocessing)
 
 
 def _optimizer_config(optimizer, options: TrainOptions) -> dict:
@@ -133,7 +216,11 @@ def _optimizer_config(optimizer, options: TrainOptions) -> dict:
     return {"optimizer": f"{type(optimizer).__module__}.{type(optimizer).__name__} "
                          "(the caller's, with its own learning rate)",
             "clip_norm": options.clip_norm}
-  return {"optimizer": optimizer or options.optimizer, "learning_rate": options.learning_rate,
+  rate = options.learning_rate
+  if callable(rate):  # a schedule function: recorded by name (results.json is JSON)
+    name = getattr(rate, "__qualname__", type(rate).__name__)
+    rate = f"{getattr(rate, '__module__', '')}.{name}"
+  return {"optimizer": optimizer or options.optimizer, "learning_rate": rate,
           "lr_schedule": options.lr_schedule, "warmup_steps": options.warmup_steps,
           **({"lr_decay_rate": options.lr_decay_rate}
              if options.lr_schedule == "exponential" else {}),
@@ -151,12 +238,12 @@ def _make_optimizer(optimizer, options: TrainOptions, steps_per_epoch: int):
 
 
 def _fit(model, batches, loss, metrics, options, target_unit, extra_results, workdir, sigint,
-         placement: Placement, steps_per_epoch, val_steps, optimizer=None, preprocessing=None):
+         placement: Placement, steps_per_epoch, val_steps, sample_xs, optimizer=None,
+         preprocessing=None):
   ckpt_dir = workdir / "checkpoints"
   num_seeds = options.num_seeds
   seeds = [options.seed + r for r in range(num_seeds)]
   per_replica = placement.per_replica
-  sample_xs = [next(iter(batches.train(seed, 1)))[0] for seed in seeds]
   if distributed.is_primary():
     run_files.write_run_files(workdir, model, sample_xs[0], options, preprocessing, _print)
   model = precision.with_compute_dtype(model, options.compute_dtype)
@@ -235,8 +322,9 @@ def _fit(model, batches, loss, metrics, options, target_unit, extra_results, wor
     epoch_start = time.time()
     monitor.start_epoch(epoch, first_step)
     epoch_value = put(np.int32(epoch), placement.replicated)
-    for batch in itertools.islice(train_batches(batches, seeds, epoch), first_step,
-                                  steps_per_epoch):
+    for batch in itertools.islice(_checked(train_batches(batches, seeds, epoch),
+                                           f"epoch {epoch}'s training", placement,
+                                           stacked=num_seeds > 1), first_step, steps_per_epoch):
       state = train_step(state, epoch_value, *put(batch, placement.batches))
       step += 1
       monitor.step(step, state.totals)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from absl import flags
 
 from rnn_jax import backends, optim
+from rnn_jax.precision import COMPUTE_DTYPES
 from rnn_jax.errors import UserError
 
 # Flags that may differ between a run and its resumption.
@@ -76,39 +77,83 @@ def _define_model_io_flags() -> None:
   flags.DEFINE_integer("early_stopping_patience", None, "Stop after this many epochs "
                        "without a lower validation loss; the best epoch's parameters are "
                        "kept (default: train every epoch).")
-  flags.DEFINE_enum("compute_dtype", "float32", ("float32", "bfloat16", "float16"),
+  flags.DEFINE_enum("compute_dtype", "float32", COMPUTE_DTYPES,
                     "Mixed precision: bfloat16 computes in bfloat16 with float32 "
                     "parameters and optimizer state (Keras's mixed_bfloat16).")
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value) -> bool:
+  return _is_int(value) and value >= 1
+
+
+def _optional(ok):
+  return lambda value: value is None or ok(value)
+
+
+def _positive_number(value) -> bool:
+  return _is_number(value) and math.isfinite(value) and value > 0
+
+
+# (setting, test, what it must be): the one list of rules behind `TrainOptions` and the
+# flags (`check_flags`); a setting is named as the flag and the field are, in this order.
+_RULES = (
+    ("epochs", _positive_int, "a positive integer"),
+    ("batch_size", _positive_int, "a positive integer"),
+    ("steps_per_epoch", _optional(_positive_int), "a positive integer"),
+    ("validation_steps", _optional(_positive_int), "a positive integer"),
+    ("num_devices", _optional(_positive_int), "a positive integer"),
+    ("num_seeds", _positive_int, "a positive integer"),
+    ("num_processes", _positive_int, "a positive integer"),
+    ("log_every_steps", lambda v: _is_int(v) and v >= 0, "0 or more"),
+    ("validation_split", lambda v: _is_number(v) and 0.0 <= v < 1.0, "in [0, 1)"),
+    # A number, or (TrainOptions only) an optax schedule, checked by `fit` over its steps.
+    ("learning_rate", lambda v: callable(v) or _positive_number(v), "positive"),
+    ("clip_norm", _optional(_positive_number), "positive"),
+    ("warmup_steps", lambda v: _is_int(v) and v >= 0, "at least 0"),
+    ("lr_decay_rate", lambda v: _is_number(v) and 0.0 < v <= 1.0, "in (0, 1]"),
+    ("early_stopping_patience", _optional(_positive_int), "a positive integer"),
+    ("optimizer", lambda v: v in optim.OPTIMIZERS, f"one of {', '.join(optim.OPTIMIZERS)}"),
+    ("lr_schedule", lambda v: v in optim.SCHEDULES, f"one of {', '.join(optim.SCHEDULES)}"),
+    ("compute_dtype", lambda v: v in COMPUTE_DTYPES, f"one of {', '.join(COMPUTE_DTYPES)}"),
+)
+
+
+def _seed_rule(values: Mapping[str, Any]) -> tuple[str, Callable, str]:
+  """Seeds are 31-bit, and so is the last replica's (seed + num_seeds - 1)."""
+  num_seeds = values.get("num_seeds", 1)
+  last = 2**31 - num_seeds
+  return ("seed", lambda v: _is_int(v) and 0 <= v <= last,
+          f"in [0, {last}]" + (" (seed + num_seeds - 1 is a seed too)"
+                               if num_seeds > 1 else ""))
+
+
+def first_problem(values: Mapping[str, Any]) -> Optional[tuple[str, str]]:
+  """(setting, what it must be) of the first bad shared training setting in `values`
+  (keyed by flag name; absent settings are not checked), or None."""
+  sizes, rates = _RULES[:8], _RULES[8:]  # the seed's range depends on num_seeds
+  for name, ok, what in sizes:
+    if name in values and not ok(values[name]):
+      return name, what
+  for name, ok, what in (_seed_rule(values), *rates):
+    if name in values and not ok(values[name]):
+      return name, what
+  return None
+
+
 def check_flags(values: Mapping[str, Any]) -> None:
-  """One-line UserError for the first bad shared flag value."""
-  def need(ok: bool, name: str, what: str):
-    if not ok:
-      raise UserError(f"--{name} must be {what}, got {values[name]!r}")
-  positive_int = lambda v: isinstance(v, int) and v >= 1
-  need(positive_int(values["epochs"]), "epochs", "a positive integer")
-  need(positive_int(values["batch_size"]), "batch_size", "a positive integer")
-  for name in ("steps_per_epoch", "validation_steps", "num_devices"):
-    need(values[name] is None or positive_int(values[name]), name, "a positive integer")
-  for name in ("num_seeds", "num_processes"):
-    need(positive_int(values.get(name, 1)), name, "a positive integer")
-  need(values.get("log_every_steps", 0) >= 0, "log_every_steps", "0 or more")
-  if positive_int(values.get("num_seeds", 1)):
-    last = 2**31 - values.get("num_seeds", 1)
-    seed = values.get("seed", 0)
-    need(isinstance(seed, int) and 0 <= seed <= last, "seed",
-         f"in [0, {last}]" + (" (--seed + --num_seeds - 1 is a seed too)"
-                              if values.get("num_seeds", 1) > 1 else ""))
-  need(0.0 <= values["validation_split"] < 1.0, "validation_split", "in [0, 1)")
-  need(math.isfinite(values["learning_rate"]) and values["learning_rate"] > 0,
-       "learning_rate", "positive")
-  need(values["clip_norm"] is None or (math.isfinite(values["clip_norm"])
-                                       and values["clip_norm"] > 0), "clip_norm", "positive")
-  need(values.get("warmup_steps", 0) >= 0, "warmup_steps", "at least 0")
-  need(0.0 < values.get("lr_decay_rate", 0.9) <= 1.0, "lr_decay_rate", "in (0, 1]")
-  need(values.get("early_stopping_patience") is None or values["early_stopping_patience"] >= 1,
-       "early_stopping_patience", "a positive integer")
+  """One-line UserError for the first bad shared flag value (the rules of `TrainOptions`)."""
+  problem = first_problem(values)
+  if problem is not None:
+    name, what = problem
+    raise UserError(f"--{name} must be {what}, got {values[name]!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +180,25 @@ class TrainOptions:
   lr_decay_rate: float = 0.9              # per epoch, for lr_schedule="exponential"
   early_stopping_patience: Optional[int] = None
   compute_dtype: str = "float32"          # "bfloat16": mixed precision (rnn_jax.precision)
+
+  def __post_init__(self):
+    """Refuses, when built, what could not train, by the flags' rules (`first_problem`):
+    a `ValueError` naming the field, so that no run starts from a bad value."""
+    for name in ("experiment", "model_name"):
+      if not isinstance(getattr(self, name), str):
+        raise ValueError(f"TrainOptions.{name} must be a string, got "
+                         f"{getattr(self, name)!r}")
+    if not isinstance(self.workdir, (str, os.PathLike)) or not str(self.workdir):
+      raise ValueError(f"TrainOptions.workdir must be a directory path, got {self.workdir!r}")
+    for name in ("resume", "overwrite"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"TrainOptions.{name} must be True or False, got "
+                         f"{getattr(self, name)!r}")
+    values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+    problem = first_problem(values)
+    if problem is not None:
+      name, what = problem
+      raise ValueError(f"TrainOptions.{name} must be {what}, got {values[name]!r}")
 
   @classmethod
   def from_flags(cls, flag_values: flags.FlagValues, *, experiment: str, model_name: str,

@@ -65,33 +65,13 @@ def devices() -> dict:
 
 def backends(model: Any, compute_dtype: str = "float32") -> list:
   """Which backend (`rnn_jax.backends`) computes each recurrent layer of `model` in
-  training on this platform: [{"layer": "layers[1].forward", "cell": "lstm",
+  training on this platform: [{"layer": "model.layers[1].forward", "cell": "lstm",
   "implementation": "auto", "backend": "per_gate"}, ...]."""
-  from rnn_jax import backends as registry, layers  # pylint: disable=import-outside-toplevel
-  found = []
-
-  def visit(node, path):
-    if isinstance(node, layers.RNN):
-      features = frozenset(name for name, rate in (("input_dropout", node.dropout),
-                                                   ("recurrent_dropout", node.recurrent_dropout))
-                           if rate > 0)
-      backend = registry.resolve(node.cell, node.implementation, dtype=compute_dtype,
-                                 features=features)
-      found.append({"layer": path, "cell": registry.cell_name(node.cell),
-                    "implementation": getattr(node.implementation, "name",
-                                              node.implementation),
-                    "backend": backend.name})
-    elif isinstance(node, layers.Bidirectional):
-      visit(node.forward, f"{path}.forward")
-      visit(node.backward, f"{path}.backward")
-    elif isinstance(node, layers.Sequential):
-      for i, layer in enumerate(node.layers):
-        visit(layer, f"{path}[{i}]" if path else f"layers[{i}]")
-    elif hasattr(node, "model"):  # a wrapper such as precision.MixedPrecision
-      visit(node.model, path)
-
-  visit(model, "")
-  return found
+  from rnn_jax import layers  # pylint: disable=import-outside-toplevel
+  return [{"layer": where, "cell": getattr(layer.cell, "name", type(layer.cell).__name__),
+           "implementation": getattr(layer.implementation, "name", layer.implementation),
+           "backend": layer.backend(compute_dtype).name}
+          for where, layer in layers.recurrent_layers(model)]
 
 
 def environment(started: str) -> dict:

@@ -25,7 +25,7 @@ import errno
 import json
 import os
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from rnn_jax import checkpoints, files
 from rnn_jax.errors import UserError
@@ -56,6 +56,18 @@ def check_names(names: Sequence[str], known: Sequence[str], list_flag: str) -> N
   twice = [n for n, count in collections.Counter(names).items() if count > 1]
   if twice:
     raise UserError(f"--{list_flag}={','.join(names)}: {twice[0]!r} is listed twice")
+
+
+def check_models(models: Mapping[str, Any], implementation: str,
+                 flag: str = "implementation") -> None:
+  """Every model's recurrent layers can run their `implementation` (`fit.check_model`), or
+  one `UserError` naming the model and the flag, before any workdir is made or data read."""
+  from rnn_jax.train.fit import check_model  # pylint: disable=import-outside-toplevel
+  for name, model in models.items():
+    try:
+      check_model(model)
+    except ValueError as e:
+      raise UserError(f"--{flag}={implementation} does not fit --model={name}: {e}") from None
 
 
 def check_workdir(path: Path) -> None:
