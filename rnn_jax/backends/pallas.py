@@ -69,8 +69,8 @@ class Blocks:
 # spreads over the SMs and a step is the shortest chain of dependent work; Triton keeps a
 # program's weights in registers and shared memory. TPU: up to 128 rows (the MXU's side)
 # and 8 steps per block of the sequence, so that a backward kernel's blocks (a 32-unit
-# LSTM's at 128 rows: about 13 MiB, lanes padded to 128, double-buffered) stay within
-# Mosaic's default scoped VMEM of 16 MiB; the state crosses blocks of steps in the
+# LSTM's at 128 rows: about 13 MiB, lanes padded to 128, double-buffered) stay under the
+# 16 MiB assumed as Mosaic's default scoped VMEM; the state crosses blocks of steps in the
 # output's block, which stays in VMEM while its index does not change. Interpret mode:
 # everything at once.
 BLOCKS = {
