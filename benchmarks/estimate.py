@@ -163,7 +163,8 @@ def tpu_seconds(task, path: str, level: str = "mid"):
 TASKS = ("jena_gru", "imdb_lstm", "imdb_bilstm", "jena_min_gru")
 
 
-def _range(fn, task, path):
+def time_range(fn, task, path) -> str:
+  """'mid ms (low-high)' of fn(task, path, level), or a dash where the path does not apply."""
   values = [fn(task, path, level) for level in ("low", "mid", "high")]
   if values[1] is None:
     return "—"
@@ -184,9 +185,9 @@ def tables() -> str:
             "H100 pallas | TPU v5e fused | TPU v5e pallas |", "|---|---|---|---|---|---|---|"]
   for name in TASKS:
     task = tasks_lib.TASKS[name]
-    cells = [_range(h100_seconds, task, p)
+    cells = [time_range(h100_seconds, task, p)
              for p in ("fused", "cudnn", "cudnn_persistent", "pallas")]
-    cells += [_range(tpu_seconds, task, p) for p in ("fused", "pallas")]
+    cells += [time_range(tpu_seconds, task, p) for p in ("fused", "pallas")]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += ["", "| constant | low | mid | high | source |", "|---|---|---|---|---|"]
   for device, constants in (("H100", H100), ("TPU v5e", TPU_V5E)):

@@ -104,7 +104,7 @@ def _estimates(results: list[dict]) -> str:
     if path is None or record["task"] not in estimate.TASKS or "median_step_s" not in record:
       continue
     task = tasks_lib.TASKS[record["task"]]
-    expected = estimate._range(estimate.h100_seconds, task, path)  # pylint: disable=protected-access
+    expected = estimate.time_range(estimate.h100_seconds, task, path)
     lines.append(f"| {record['task']} | {record['framework']} | "
                  f"{record['median_step_s'] * 1e3:.2f} ms | {expected} |")
   return "\n".join(lines)

@@ -134,6 +134,35 @@ def test_kernels_equal_the_scan_every_cell_and_feature(cell_name, variant, case)
   _check(cell_name, variant, case)
 
 
+@pytest.mark.parametrize("cell_name", ["gru", "min_gru"])
+def test_without_a_gradient_the_kernels_keep_only_the_last_state(cell_name):
+  # Not differentiated and without return_sequences, the forward kernel writes the final
+  # state alone (no states for a backward pass): the same outputs as the scan.
+  x = jnp.asarray(np.random.RandomState(2).randn(BATCH, TIME, FEATURES).astype(np.float32))
+  mask = jnp.asarray(ragged_mask(BATCH, TIME))
+  outputs = {implementation: jax.jit(lambda p, x, i=implementation: recurrent.unroll(
+      CELLS[cell_name], p, x, units=UNITS, mask=mask, implementation=i))(
+          _params(cell_name), x) for implementation in (SMALL_BLOCKS, "scan")}
+  assert_trees_close(outputs[SMALL_BLOCKS], outputs["scan"])
+  closed = jax.make_jaxpr(lambda p, x: recurrent.unroll(
+      CELLS[cell_name], p, x, units=UNITS, mask=mask, implementation="pallas"))(
+          _params(cell_name), x)
+  calls = _pallas_calls(closed.jaxpr)
+  assert calls and all(len(v.aval.shape) == 2 for eqn in calls for v in eqn.outvars)
+
+
+def _pallas_calls(jaxpr) -> list:
+  """The pallas_call equations in a jaxpr and its sub-jaxprs."""
+  from jax.extend import core as jcore  # pylint: disable=import-outside-toplevel
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      found.append(eqn)
+    for sub in jcore.jaxprs_in_params(eqn.params):
+      found += _pallas_calls(sub)
+  return found
+
+
 def test_linear_recurrence_and_its_gradient_equal_the_sequential_scan():
   rng = np.random.RandomState(3)
   a, b = (jnp.asarray(rng.rand(7, 3, 8).astype(np.float32)) for _ in range(2))
@@ -154,7 +183,7 @@ def test_linear_recurrence_and_its_gradient_equal_the_sequential_scan():
                        jax.grad(loss(reference), argnums=(0, 1, 2))(a, b, h0))
 
 
-# ----------------------------------------------------------------------------- the step on gate blocks
+# ----------------------------------------------------------------------------- gate blocks
 
 @pytest.mark.parametrize("cell_name", GATED)
 def test_each_cells_step_runs_on_gate_blocks_as_triton_needs(cell_name):
