@@ -6,8 +6,10 @@
 
 rnn_jax is `rnn_jax` (implementation="auto": the platform's backend for each layer) and,
 per backend (rnn_jax.backends), `rnn_jax_per_gate`, `rnn_jax_fused`, `rnn_jax_scan`,
-`rnn_jax_native` (minGRU's opt-in CPU kernel) and `rnn_jax_cudnn` (cuDNN's LSTM, GPU);
-a backend that cannot compute a task's layers is reported as unsupported there.
+`rnn_jax_native` (minGRU's opt-in CPU kernel), `rnn_jax_cudnn` (cuDNN's LSTM, GPU) and
+`rnn_jax_pallas` (the persistent Pallas kernels, GPU and TPU; on a CPU, where they are
+interpreted, unsupported); a backend that cannot compute a task's layers is reported as
+unsupported there. `python -m benchmarks.gpu` is the GPU table's prepared run.
 `rnn_jax_bf16` is `rnn_jax` with `--compute_dtype=bfloat16` (mixed precision,
 rnn_jax.precision). --accelerator times the steps of every task for every rnn_jax
 backend, Flax, PyTorch (cuDNN on a GPU) and jax.experimental.rnn's cuDNN LSTM, one round,
@@ -50,11 +52,11 @@ from rnn_jax import errors
 from rnn_jax.errors import UserError
 
 IMPLEMENTATIONS = ("rnn_jax_per_gate", "rnn_jax_fused", "rnn_jax_scan", "rnn_jax_native",
-                   "rnn_jax_cudnn")
+                   "rnn_jax_cudnn", "rnn_jax_pallas")
 FRAMEWORKS = ("rnn_jax", "rnn_jax_one_device", *IMPLEMENTATIONS, "rnn_jax_bf16", "flax",
               "keras_jax", "torch", "keras_tf", "jax_cudnn")
 ACCELERATOR_FRAMEWORKS = ("rnn_jax", "rnn_jax_per_gate", "rnn_jax_fused", "rnn_jax_scan",
-                          "rnn_jax_cudnn", "flax", "torch", "jax_cudnn")
+                          "rnn_jax_cudnn", "rnn_jax_pallas", "flax", "torch", "jax_cudnn")
 SECTIONS = ("steps", "sampler", "epoch")
 
 _TASKS = flags.DEFINE_list("tasks", list(tasks_lib.TASKS), "Tasks to time.")
@@ -99,6 +101,12 @@ def _peer(framework: str):
                                                               compute_dtype="bfloat16"))
   if framework == "rnn_jax_one_device":
     return types.SimpleNamespace(train_step=functools.partial(ours.train_step, num_devices=1))
+  if framework == "rnn_jax_pallas":
+    import jax  # pylint: disable=import-outside-toplevel
+    if jax.default_backend() == "cpu":
+      from benchmarks.peers import Unsupported  # pylint: disable=import-outside-toplevel
+      raise Unsupported("the Pallas kernels compile for GPUs and TPUs; on a CPU they are "
+                        "interpreted, a check and not a time")
   if framework in IMPLEMENTATIONS:
     implementation = framework[len("rnn_jax_"):]
     return types.SimpleNamespace(train_step=functools.partial(ours.train_step,

@@ -248,6 +248,8 @@ def _matrix():
         if not _applies(cell_name, backend_name, case):
           continue
         cheap = case == "all" or cell_name == representative and case in DEFAULT_CASES
+        if backend_name == "pallas":  # interpret mode is slow: tests/test_pallas.py has more
+          cheap = case == "all" and cell_name in ("lstm", "min_gru")
         if backend_name == "parallel":  # Newton's Jacobians compile slowly: fewer by default
           cheap = (case == "none" or cell_name in ("simple_rnn", "min_gru", "user_two_state")
                    and case in ("all", "last_zero_output", "length_1", "length_0"))

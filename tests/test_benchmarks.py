@@ -84,7 +84,59 @@ def test_every_framework_times_a_step():
             or record["framework"] == "jax_cudnn" and "GPU" in unsupported
             or record["framework"] == "rnn_jax_cudnn" and "not on cpu" in unsupported
             or record["framework"] == "rnn_jax_native" and "no native kernel" in unsupported
+            or record["framework"] == "rnn_jax_pallas" and "interpreted" in unsupported
             ), record
+
+
+def test_gpu_script_dry_run_lists_every_pair_and_skips_the_gpu_only_peers():
+  """benchmarks.gpu --dry-run starts on this CPU: every (task, framework) it would time is
+  listed, the peers that need a GPU are reported skipped, nothing is timed; without
+  --dry-run on a CPU it refuses in one line."""
+  from benchmarks import gpu
+  done = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--dry-run"],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = [line.split("\t") for line in done.stdout.splitlines() if not line.startswith("#")]
+  assert {(r[1], r[2]) for r in rows} == {(t, f) for t in gpu.TASKS for f in gpu.FRAMEWORKS}
+  assert len(rows) == len(gpu.TASKS) * len(gpu.FRAMEWORKS)
+  by_pair = {(r[1], r[2]): r for r in rows}
+  for framework in gpu.GPU_ONLY:
+    assert by_pair[("imdb_lstm", framework)][0] == "skip"
+    assert "needs a GPU" in by_pair[("imdb_lstm", framework)][3]
+  assert by_pair[("jena_gru", "rnn_jax")][0] == "time"
+  assert by_pair[("jena_min_gru", "torch")][3] == "skipped: no minGRU / minLSTM layer"
+  assert "nothing was timed" in done.stdout and '"median_step_s"' not in done.stdout
+  assert "rnn_jax_pallas" in run.ACCELERATOR_FRAMEWORKS
+  refused = subprocess.run([sys.executable, "-m", "benchmarks.gpu"], capture_output=True,
+                           text=True, timeout=300)
+  assert refused.returncode == 2 and "no GPU" in refused.stderr
+
+
+def test_gpu_plan_times_every_pair_a_gpu_computes():
+  # On a GPU the plan skips only what a framework cannot compute: cuDNN's LSTMs, the
+  # Pallas kernels and the peers are timed wherever they have the layer.
+  from benchmarks import gpu
+  timed = {(p["task"], p["framework"]) for p in gpu.plan() if p["action"] == "time"}
+  assert {("imdb_lstm", f) for f in gpu.FRAMEWORKS} <= timed
+  assert {("jena_gru_dropout", "rnn_jax_pallas"), ("jena_min_gru", "rnn_jax_pallas"),
+          ("imdb_min_lstm", "rnn_jax_pallas")} <= timed
+  assert ("jena_gru", "rnn_jax_cudnn") not in timed and ("jena_gru_dropout", "torch") not in timed
+
+
+def test_the_estimate_prints_every_task_and_source():
+  from benchmarks import estimate
+  text = estimate.tables()
+  for name in estimate.TASKS:
+    assert text.count(f"| {name} |") == 2
+  for constants in (estimate.H100, estimate.TPU_V5E):
+    for c in constants.values():
+      assert c.source in text and c.low <= c.mid <= c.high
+  # The model's claim the first measurement tests: the persistent kernel is several times
+  # faster than the scan on the lecture's GRU and LSTM, even at the ends of the ranges.
+  for name in ("jena_gru", "imdb_lstm"):
+    task = tasks.TASKS[name]
+    assert (estimate.h100_seconds(task, "fused", "low")
+            > 5 * estimate.h100_seconds(task, "pallas", "high"))
 
 
 def test_parallel_benchmark_reports_iterations_and_reads_a_runs_weights(tmp_path):

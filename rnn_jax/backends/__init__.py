@@ -12,6 +12,8 @@ hands it to exactly one backend (`Backend`), chosen by `implementation=`:
   parallel     parallel.py   any cell, parallel over time by Newton's method (DEER, ELK)
   native       native.py     minGRU as a compiled CPU kernel: opt-in, never "auto"
   cudnn        cudnn.py      cuDNN's LSTM on GPU, for LSTMs it computes exactly
+  pallas       pallas.py     the whole sequence in one Pallas kernel (gate layouts, linear
+                             recurrences): Triton, Mosaic TPU, interpreted on CPU; opt-in
 
 "auto" is the first backend of the platform's list in `AUTO` that computes the layer.
 An explicit choice that cannot compute it is one `ValueError` saying why. A backend of
@@ -32,12 +34,13 @@ from rnn_jax.backends.cudnn import CUDNN
 from rnn_jax.backends.fused import FUSED
 from rnn_jax.backends.linear import ASSOCIATIVE, LINEAR_SCAN
 from rnn_jax.backends.native import NATIVE
+from rnn_jax.backends.pallas import PALLAS
 from rnn_jax.backends.parallel import PARALLEL
 from rnn_jax.backends.per_gate import PER_GATE
 from rnn_jax.backends.scan import RECOMPUTE, SCAN
 
 # "auto" on each platform: the first of these that computes the layer. (The order, and why
-# "native" is not in it, is in docs/performance.md and docs/architecture.md.)
+# "native" and "pallas" are not in it, is in docs/performance.md and docs/architecture.md.)
 AUTO = {
     "cpu": ("per_gate", "linear_scan", "scan"),
     "gpu": ("cudnn", "fused", "associative", "scan"),
@@ -46,7 +49,7 @@ AUTO = {
 
 _REGISTRY: dict[str, Backend] = {
     b.name: b for b in (SCAN, RECOMPUTE, PER_GATE, FUSED, LINEAR_SCAN, ASSOCIATIVE, PARALLEL,
-                        NATIVE, CUDNN)}
+                        NATIVE, CUDNN, PALLAS)}
 
 Implementation = Union[str, Backend]
 

@@ -1,0 +1,897 @@
+"""The "pallas" backend: the whole sequence in one kernel per block of batch rows, for the
+gate layouts (`cells.Gates`: SimpleRNN, LSTM, GRU, a user's gated cell) and the linear
+recurrences (`cells.Linear`: minGRU, minLSTM). Opt-in: implementation="pallas".
+
+A `lax.scan` on an accelerator launches a few kernels per step and reads the recurrent
+weights from memory every time; at the lecture's sizes the step's latency, not its
+arithmetic, bounds a training step. Here, as in cuDNN's persistent kernels (Diamos et al.
+2016), one kernel runs every step and holds the weights on chip:
+
+  gated   The input projection x_t @ kernel + bias of every step is one matmul before the
+          kernel (XLA). The kernel loads what the step reads of the parameters once (the
+          per-gate recurrent kernels, a recurrent bias: `gate_blocks.split_step`), then
+          loops over time: the cell's own `recurrence`, its matmuls per gate against the
+          held weights, Keras's per-gate recurrent dropout, and the mask (a padded step
+          keeps the state), all inside. Any cell that declares `Gates` runs without kernel
+          code of its own: the kernel evaluates the cell's step on per-gate blocks
+          (`gate_blocks.evaluate`).
+  linear  h_t = a_t * h_{t-1} + b_t, a_t and b_t from one matmul before the kernel (a
+          padded step: a = 1, b = 0), then a sequential loop over time per block of
+          batch rows and of units, as recurrentgemma's `jax/pallas.py`; no log space.
+
+The backward pass of each is a second kernel running time in reverse (`jax.custom_vjp`).
+Memory kept per step for it: the state after each step, that is h (an LSTM: h and c; the
+linear recurrence: h), <[time, batch, state width]>; the gates are recomputed from the
+state before the step and the kept input projection. The parameters' gradient is summed
+per batch block inside the kernel and over the blocks after it.
+
+Where it runs: on GPU by Triton, on TPU by Mosaic, elsewhere (CPU) in Pallas's interpret
+mode, the same kernels as plain JAX: slow, for checking (`lax.platform_dependent` picks the
+kernel at lowering, so `jax.export` for "cuda" or "tpu" works from a CPU). Triton takes
+only power-of-two shapes: a layer whose units (or rows of its block) are not a power of two
+of at least 16, or a cell step it cannot take whole, runs on GPU as "fused" (gated) or a
+`lax.scan` of the recurrence (linear) instead. Block sizes: `BLOCKS`, per platform.
+docs/performance.md has the estimate of what it gains, and the measurements once made.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from rnn_jax.backends import gate_blocks, gate_matmuls
+from rnn_jax.backends.base import (FEATURES, Backend, Embedded, Recurrence, cell_name, gates_of,
+                                   linear_of)
+
+Array = jax.Array
+_HIGHEST = lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+  """How a kernel cuts its arrays: `batch` rows per kernel instance (None: all of them),
+  at most `time` steps per block of the sequence (None: the whole sequence in one block;
+  otherwise the largest divisor of the length not above it), at most `units` columns per
+  block of a linear recurrence (None: all)."""
+  batch: Optional[int] = None
+  time: Optional[int] = None
+  units: Optional[int] = None
+
+
+# The table per platform (docs/performance.md, "The persistent kernels"). GPU: one Triton
+# program per 16 rows (tl.dot's smallest side) over the whole sequence, so that a batch
+# spreads over the SMs and a step is the shortest chain of dependent work; Triton keeps a
+# program's weights in registers and shared memory. TPU: up to 128 rows (the MXU's side)
+# and 8 steps per block of the sequence, so that a backward kernel's blocks (a 32-unit
+# LSTM's at 128 rows: about 13 MiB, lanes padded to 128, double-buffered) stay under the
+# 16 MiB assumed as Mosaic's default scoped VMEM; the state crosses blocks of steps in the
+# output's block, which stays in VMEM while its index does not change. Interpret mode:
+# everything at once.
+BLOCKS = {
+    "gpu": Blocks(batch=16, time=None, units=128),
+    "tpu": Blocks(batch=128, time=8, units=512),
+    "interpret": Blocks(batch=None, time=None, units=None),
+}
+
+
+def _largest_divisor(n: int, cap: Optional[int]) -> int:
+  if cap is None or n <= cap:
+    return n
+  return max(d for d in range(1, cap + 1) if n % d == 0)
+
+
+def _power_of_two(n: int) -> bool:
+  return n >= 1 and n & (n - 1) == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """One platform's cut of one call: padded batch, rows and steps per block."""
+  platform: str      # "gpu", "tpu" or "interpret"
+  batch: int         # the batch padded to a multiple of `rows`
+  rows: int
+  time: int
+  steps: int         # per block of the sequence
+  units: int = 0     # linear: columns per block
+
+  @property
+  def grid_batch(self):
+    return self.batch // self.rows
+
+  @property
+  def grid_time(self):
+    return self.time // self.steps
+
+
+def _plan(platform: str, blocks: Blocks, batch: int, time: int, units: int = 0) -> _Plan:
+  rows = blocks.batch
+  if rows is None or batch <= rows and platform != "gpu":
+    rows = batch
+  padded = -(-batch // rows) * rows
+  column = units if blocks.units is None or units <= blocks.units or units % blocks.units \
+      else blocks.units
+  return _Plan(platform, padded, rows, time, _largest_divisor(time, blocks.time), column)
+
+
+def _compiler_params(platform: str, semantics: tuple):
+  # pylint: disable=import-outside-toplevel  (imported when used: 0.1 s off `import rnn_jax`)
+  if platform == "gpu":
+    from jax.experimental.pallas import triton as pltriton
+    return pltriton.CompilerParams(num_warps=4, num_stages=1)
+  if platform == "tpu":
+    from jax.experimental.pallas import tpu as pltpu
+    return pltpu.CompilerParams(dimension_semantics=semantics)
+  return None
+
+
+def _pallas_call(kernel, plan: _Plan, grid, in_specs, out_specs, out_shape, name, semantics):
+  return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs,
+                        out_specs=out_specs, interpret=plan.platform == "interpret",
+                        compiler_params=_compiler_params(plan.platform, semantics),
+                        name=name)
+
+
+def _on_platforms(branches: dict, args, interpret: Optional[bool]):
+  """branches[p](*args) for the platform p the computation is lowered for: "gpu" on CUDA
+  and ROCm, "tpu", else "interpret" (or "interpret" everywhere with interpret=True)."""
+  if interpret:
+    return branches["interpret"](*args)
+  if interpret is False:
+    return lax.platform_dependent(*args, cuda=branches["gpu"], rocm=branches["gpu"],
+                                  default=branches["tpu"])
+  return lax.platform_dependent(*args, cuda=branches["gpu"], rocm=branches["gpu"],
+                                tpu=branches["tpu"], default=branches["interpret"])
+
+
+# ----------------------------------------------------------------------------- layouts
+# An array crossing a kernel's boundary whose last axis is k > 1 blocks of `units` is laid
+# out gate-major, <[k, ..., units]>, so that the kernel reads each gate's block as a whole
+# array (`gate_blocks.Blocked` inside).
+
+def _blocks_in(shape, units: int) -> int:
+  width = shape[-1] if shape else 0
+  return width // units if units and width > units and width % units == 0 else 1
+
+
+def _to_layout(x: Array, k: int) -> Array:
+  if k == 1:
+    return x
+  return jnp.moveaxis(x.reshape(*x.shape[:-1], k, x.shape[-1] // k), -2, 0)
+
+
+def _from_layout(x: Array, k: int) -> Array:
+  if k == 1:
+    return x
+  x = jnp.moveaxis(x, 0, -2)
+  return x.reshape(*x.shape[:-2], k * x.shape[-1])
+
+
+def _load(ref, k: int, index=()):
+  """The value at ref[index] (whole, or `Blocked` along its last axis)."""
+  if k == 1:
+    return ref[index] if index else ref[...]
+  blocks = [ref[(g, *index)] for g in range(k)]
+  return gate_blocks.Blocked(blocks, blocks[0].ndim - 1)
+
+
+def _flat(value, k: int, stats: gate_blocks.Stats) -> list:
+  """The value as k arrays, its blocks along its last axis (k = 1: the whole array)."""
+  if k == 1:
+    return [gate_blocks.whole(value, stats)]
+  shape = value.shape
+  return gate_blocks.blocks_of(value, len(shape) - 1, [shape[-1] // k] * k, stats)
+
+
+def _store(ref, k: int, index, parts: list):
+  if k == 1:
+    ref[index if index else ...] = parts[0]
+    return
+  for g, part in enumerate(parts):
+    ref[(g, *index)] = part
+
+
+def _pad_rows(x: Array, axis: int, rows: int, value=0.0) -> Array:
+  extra = rows - x.shape[axis]
+  if extra == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, extra)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def _full_spec(shape):
+  """The whole array in every grid step (the weights)."""
+  zeros = (0,) * len(shape)
+  return pl.BlockSpec(tuple(shape), lambda *_: zeros)
+
+
+def _rows_axis(k: int, time_major: bool) -> int:
+  """The batch axis of a laid-out array: [k?, time?, batch, ...]."""
+  return (1 if k > 1 else 0) + (1 if time_major else 0)
+
+
+def _pad_layout(x: Array, k: int, time_major: bool, rows: int, value=0.0) -> Array:
+  return _pad_rows(_to_layout(x, k), _rows_axis(k, time_major), rows, value)
+
+
+def _unpad_layout(x: Array, k: int, time_major: bool, batch: int) -> Array:
+  return _from_layout(lax.slice_in_dim(x, 0, batch, axis=_rows_axis(k, time_major)), k)
+
+
+def _spec(k: int, width: int, rows: int, steps: Optional[int] = None, reverse: int = 0):
+  """The BlockSpec of a [k?, time?, batch, width/k] array on the grid (b, c): row block b,
+  step block c (counted from the end with `reverse` = the number of step blocks)."""
+  def time_block(c):
+    return reverse - 1 - c if reverse else c
+  lead = (k,) if k > 1 else ()
+  zero = (0,) if k > 1 else ()
+  if steps is None:
+    return pl.BlockSpec((*lead, rows, width // k), lambda b, c: (*zero, b, 0))
+  return pl.BlockSpec((*lead, steps, rows, width // k),
+                      lambda b, c: (*zero, time_block(c), b, 0))
+
+
+# ----------------------------------------------------------------------------- gated
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Gated:
+  """One gated layer's static description: what the kernels are built from."""
+  gates: Any
+  units: int
+  num_gates: int
+  params_tree: Any
+  carry_tree: Any
+  carry_widths: tuple     # each carry leaf is <[batch, width]>
+  num_masks: int          # recurrent dropout masks: 0, 1 (shared) or num_gates
+  has_mask: bool
+  store: bool             # the caller reads every step's state (return_sequences)
+  time: int
+  batch: int
+  dtype: Any
+  blocks: dict
+  interpret: Optional[bool]
+
+  @property
+  def carry_k(self):
+    return [_blocks_in((w,), self.units) for w in self.carry_widths]
+
+
+def _matmuls(masks: Sequence):
+  """The `cells.Matmuls` inside the kernel: one float32 matmul per gate against that gate's
+  block of the kernel, v masked by the gate's recurrent dropout mask."""
+  def matmuls(v, kernel, first_gate=0):
+    n = kernel.shape[-1] // v.shape[-1]
+    kernels = jnp.split(kernel, n, axis=-1)
+    if not masks:
+      return [jnp.dot(v, k, precision=_HIGHEST) for k in kernels]
+    if len(masks) == 1:
+      return [jnp.dot(v * masks[0], k, precision=_HIGHEST) for k in kernels]
+    return [jnp.dot(v * masks[first_gate + g], k, precision=_HIGHEST)
+            for g, k in enumerate(kernels)]
+  return matmuls
+
+
+def _shapes(leaves):
+  return [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in leaves]
+
+
+def _gated_step(layer: _Gated, params_leaves, rows: int) -> gate_blocks.Step:
+  """The cell's step at `rows` rows, split (`gate_blocks.split_step`); the core's inputs
+  are (*residuals, *carry leaves, xw_t, *recurrent dropout masks)."""
+  params = jax.tree.unflatten(layer.params_tree, _shapes(params_leaves))
+  carry = jax.tree.unflatten(layer.carry_tree, [jax.ShapeDtypeStruct((rows, w), layer.dtype)
+                                                for w in layer.carry_widths])
+  xw = jax.ShapeDtypeStruct((rows, layer.num_gates * layer.units), layer.dtype)
+  masks = [jax.ShapeDtypeStruct((rows, layer.units), layer.dtype)] * layer.num_masks
+
+  def step(params, carry, xw, masks):
+    return layer.gates.recurrence(params, carry, xw, _matmuls(masks))[0]
+
+  return gate_blocks.split_step(step, params, carry, xw, masks)[0]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _GatedKernels:
+  """The forward and backward kernels of one layer on one platform's blocks."""
+  layer: _Gated
+  plan: _Plan
+  step: gate_blocks.Step
+  res_k: tuple            # each residual's blocks along its last axis
+  bwd_jaxpr: Any          # the core's vjp: (*residuals, *carry, xw_t, *masks, *d_carry)
+                          # -> (*d_residuals, *d_carry, d_xw_t)
+
+  @property
+  def res_shapes(self):
+    return [(k, *a.shape[:-1], a.shape[-1] // k) if k > 1 else tuple(a.shape)
+            for a, k in zip(self.step.residual_avals, self.res_k)]
+
+  def triton_problems(self) -> list:
+    """Why Triton would not take these kernels' steps (empty: it would): the cell's step
+    and its vjp evaluated on abstract per-gate blocks, and what that emits checked by
+    `gate_blocks.triton_problems`, with the layer's shapes."""
+    layer, rows = self.layer, self.plan.rows
+    problems = []
+    dims = [layer.units, rows, *[w // k for w, k in zip(layer.carry_widths, layer.carry_k)]]
+    dims += [d for s, k in zip(self.res_shapes, self.res_k) for d in s[1 if k > 1 else 0:]]
+    if layer.units < 16 or not all(_power_of_two(d) for d in dims):
+      problems.append(f"units {layer.units}, rows {rows} and the weights' shapes "
+                      f"{self.res_shapes} are not all powers of two of at least 16")
+    ks = [*self.res_k, *layer.carry_k, layer.num_gates, *[1] * layer.num_masks]
+    shapes = ([a.shape for a in self.step.residual_avals]
+              + [(rows, w) for w in layer.carry_widths]
+              + [(rows, layer.num_gates * layer.units)] + [(rows, layer.units)] * layer.num_masks)
+    for jaxpr, extra in ((self.step.core, 0), (self.bwd_jaxpr, len(layer.carry_widths))):
+      in_shapes = shapes + [(rows, w) for w in layer.carry_widths][:extra]
+      in_ks = ks + list(layer.carry_k)[:extra]
+      flat = [jax.ShapeDtypeStruct((*s[:-1], s[-1] // k), layer.dtype)
+              for s, k in zip(in_shapes, in_ks) for _ in range(k)]
+      stats = gate_blocks.Stats()
+
+      def evaluate(*flat, jaxpr=jaxpr, in_ks=in_ks, stats=stats):
+        return [p for v in gate_blocks.evaluate(jaxpr, self._unflat(list(flat), in_ks),
+                                                stats=stats)
+                for p in (v.blocks if isinstance(v, gate_blocks.Blocked)
+                          else [gate_blocks.whole(v)])]
+
+      problems += gate_blocks.triton_problems(jax.make_jaxpr(evaluate)(*flat))
+      problems += stats.whole
+    return problems
+
+  def triton_takes(self) -> bool:
+    return not self.triton_problems()
+
+  # -- the kernels' bodies
+
+  def _inputs(self, refs, store_states: bool, backward: bool):
+    layer = self.layer
+    it = iter(refs)
+    got = dict(res=[next(it) for _ in self.res_k], xw=next(it),
+               mask=next(it) if layer.has_mask else None,
+               rmask=next(it) if layer.num_masks else None)
+    n = len(layer.carry_widths)
+    if backward:
+      got.update(prev=[next(it) for _ in range(n)],
+                 d_states=[next(it) for _ in range(n)] if store_states else [],
+                 d_final=[next(it) for _ in range(n)], d_xw=next(it),
+                 d_h0=[next(it) for _ in range(n)], d_res=[next(it) for _ in self.res_k])
+    else:
+      got.update(h0=[next(it) for _ in range(n)],
+                 states=[next(it) for _ in range(n)] if store_states else [],
+                 final=[next(it) for _ in range(n)])
+    return got
+
+  def _xw(self, ref, t):
+    blocks = [ref[g, t] for g in range(self.layer.num_gates)]
+    return gate_blocks.blocked(blocks, 1)
+
+  def _loaded(self, refs, ks, stats, index=()):
+    return [p for r, k in zip(refs, ks) for p in _flat(_load(r, k, index), k, stats)]
+
+  def _unflat(self, flat, ks):
+    out, i = [], 0
+    for k in ks:
+      out.append(flat[i] if k == 1 else gate_blocks.Blocked(list(flat[i:i + k]),
+                                                            flat[i].ndim - 1))
+      i += k
+    return out
+
+  def _store_all(self, refs, ks, index, flat):
+    i = 0
+    for r, k in zip(refs, ks):
+      _store(r, k, index, flat[i:i + k])
+      i += k
+
+  def forward_kernel(self, store_states: bool):
+    layer, plan = self.layer, self.plan
+    carry_k, res_k = layer.carry_k, self.res_k
+    core = self.step.core
+
+    def kernel(*refs):
+      r = self._inputs(refs, store_states, backward=False)
+      stats = gate_blocks.Stats()
+      residuals = [_load(ref, k) for ref, k in zip(r["res"], res_k)]  # on chip, every step
+      masks = [r["rmask"][g] for g in range(layer.num_masks)]
+      state = self._loaded(r["h0"], carry_k, stats)
+      if plan.grid_time > 1:  # the previous block of steps left the state in `final`
+        first = pl.program_id(1) == 0
+        state = [jnp.where(first, s, p)
+                 for s, p in zip(state, self._loaded(r["final"], carry_k, stats))]
+
+      def body(t, flat):
+        new = gate_blocks.evaluate(core, [*residuals, *self._unflat(flat, carry_k),
+                                          self._xw(r["xw"], t), *masks], stats=stats)
+        new = [p for v, k in zip(new, carry_k) for p in _flat(v, k, stats)]
+        if r["mask"] is not None:  # a padded step keeps the state
+          real = r["mask"][t] > 0
+          new = [jnp.where(real, n, s) for n, s in zip(new, flat)]
+        if store_states:
+          self._store_all(r["states"], carry_k, (t,), new)
+        return new
+
+      state = lax.fori_loop(0, plan.steps, body, state)
+      self._store_all(r["final"], carry_k, (), state)
+    return kernel
+
+  def backward_kernel(self, store_states: bool):
+    layer, plan = self.layer, self.plan
+    carry_k, res_k, n_res = layer.carry_k, self.res_k, len(self.res_k)
+    n_carry = len(carry_k)
+
+    def kernel(*refs):
+      r = self._inputs(refs, store_states, backward=True)
+      stats = gate_blocks.Stats()
+      residuals = [_load(ref, k) for ref, k in zip(r["res"], res_k)]
+      masks = [r["rmask"][g] for g in range(layer.num_masks)]
+      d_carry = self._loaded(r["d_final"], carry_k, stats)
+      acc = [jnp.zeros(s[1:] if k > 1 else s, layer.dtype)
+             for s, k in zip(self.res_shapes, res_k) for _ in range(k)]
+      if plan.grid_time > 1:  # the later block of steps left its cotangents in the outputs
+        first = pl.program_id(1) == 0
+        d_carry = [jnp.where(first, d, p)
+                   for d, p in zip(d_carry, self._loaded(r["d_h0"], carry_k, stats))]
+        acc = [jnp.where(first, a, p)
+               for a, p in zip(acc, self._loaded(r["d_res"], res_k, stats))]
+
+      def body(i, loop):
+        d_carry, acc = loop
+        t = plan.steps - 1 - i
+        total = d_carry
+        if store_states:
+          total = [d + s for d, s in zip(total, self._loaded(r["d_states"], carry_k, stats,
+                                                             (t,)))]
+        kept = None
+        if r["mask"] is not None:  # a padded step passed the state through
+          real = r["mask"][t] > 0
+          kept = [jnp.where(real, jnp.zeros_like(d), d) for d in total]
+          total = [jnp.where(real, d, jnp.zeros_like(d)) for d in total]
+        prev = self._unflat(self._loaded(r["prev"], carry_k, stats, (t,)), carry_k)
+        outs = gate_blocks.evaluate(
+            self.bwd_jaxpr, [*residuals, *prev, self._xw(r["xw"], t), *masks,
+                             *self._unflat(total, carry_k)], stats=stats)
+        d_res, d_prev, d_xw = outs[:n_res], outs[n_res:n_res + n_carry], outs[-1]
+        d_prev = [p for v, k in zip(d_prev, carry_k) for p in _flat(v, k, stats)]
+        if kept is not None:
+          d_prev = [d + k for d, k in zip(d_prev, kept)]
+        for g, part in enumerate(_flat(d_xw, layer.num_gates, stats)):
+          r["d_xw"][g, t] = part
+        d_res = [p for v, k in zip(d_res, res_k) for p in _flat(v, k, stats)]
+        return d_prev, [a + d for a, d in zip(acc, d_res)]
+
+      d_carry, acc = lax.fori_loop(0, plan.steps, body, (d_carry, acc))
+      self._store_all(r["d_h0"], carry_k, (), d_carry)
+      self._store_all(r["d_res"], res_k, (), acc)
+    return kernel
+
+  # -- the calls
+
+  def forward(self, residuals, xw, mask, rmask, h0, store_states: bool):
+    """(states or [], final), laid out and padded as the kernel's arrays."""
+    layer, plan = self.layer, self.plan
+    G, U, rows, nc = layer.num_gates, layer.units, plan.rows, plan.grid_time
+    widths, carry_k = layer.carry_widths, layer.carry_k
+    in_specs = [*[_full_spec(s) for s in self.res_shapes],
+                pl.BlockSpec((G, plan.steps, rows, U), lambda b, c: (0, c, b, 0)),
+                *([pl.BlockSpec((plan.steps, rows, 1), lambda b, c: (c, b, 0))]
+                  if layer.has_mask else []),
+                *([pl.BlockSpec((layer.num_masks, rows, U), lambda b, c: (0, b, 0))]
+                  if layer.num_masks else []),
+                *[_spec(k, w, rows) for k, w in zip(carry_k, widths)]]
+    states = [_spec(k, w, rows, plan.steps) for k, w in zip(carry_k, widths)]
+    finals = [_spec(k, w, rows) for k, w in zip(carry_k, widths)]
+    shapes = [jax.ShapeDtypeStruct(((k,) if k > 1 else ()) + (plan.time, plan.batch, w // k),
+                                   layer.dtype) for k, w in zip(carry_k, widths)]
+    final_shapes = [jax.ShapeDtypeStruct(((k,) if k > 1 else ()) + (plan.batch, w // k),
+                                         layer.dtype) for k, w in zip(carry_k, widths)]
+    call = _pallas_call(self.forward_kernel(store_states), plan, (plan.grid_batch, nc),
+                        in_specs, (states if store_states else []) + finals,
+                        (shapes if store_states else []) + final_shapes,
+                        "rnn_jax_gated_forward", ("parallel", "arbitrary"))
+    args = [*residuals, xw, *([mask] if layer.has_mask else []),
+            *([rmask] if layer.num_masks else []), *h0]
+    out = call(*args)
+    n = len(widths)
+    return (list(out[:n]) if store_states else []), list(out[-n:])
+
+  def backward(self, residuals, xw, mask, rmask, prev, d_states, d_final):
+    """(d_residuals per row block, d_xw, d_h0), laid out as the kernel's arrays."""
+    layer, plan = self.layer, self.plan
+    G, U, rows, nc = layer.num_gates, layer.units, plan.rows, plan.grid_time
+    widths, carry_k = layer.carry_widths, layer.carry_k
+    store_states = bool(d_states)
+    back = lambda c: nc - 1 - c
+    xw_spec = pl.BlockSpec((G, plan.steps, rows, U), lambda b, c: (0, back(c), b, 0))
+    in_specs = [*[_full_spec(s) for s in self.res_shapes], xw_spec,
+                *([pl.BlockSpec((plan.steps, rows, 1), lambda b, c: (back(c), b, 0))]
+                  if layer.has_mask else []),
+                *([pl.BlockSpec((layer.num_masks, rows, U), lambda b, c: (0, b, 0))]
+                  if layer.num_masks else []),
+                *[_spec(k, w, rows, plan.steps, nc) for k, w in zip(carry_k, widths)],
+                *([_spec(k, w, rows, plan.steps, nc) for k, w in zip(carry_k, widths)]
+                  if store_states else []),
+                *[_spec(k, w, rows) for k, w in zip(carry_k, widths)]]
+    out_specs = [xw_spec, *[_spec(k, w, rows) for k, w in zip(carry_k, widths)],
+                 *[pl.BlockSpec((pl.squeezed, *s), lambda b, c, n=len(s): (b,) + (0,) * n)
+                   for s in self.res_shapes]]
+    out_shape = [jax.ShapeDtypeStruct((G, plan.time, plan.batch, U), layer.dtype),
+                 *[jax.ShapeDtypeStruct(((k,) if k > 1 else ()) + (plan.batch, w // k),
+                                        layer.dtype) for k, w in zip(carry_k, widths)],
+                 *[jax.ShapeDtypeStruct((plan.grid_batch, *s), layer.dtype)
+                   for s in self.res_shapes]]
+    call = _pallas_call(self.backward_kernel(store_states), plan, (plan.grid_batch, nc),
+                        in_specs, out_specs, out_shape, "rnn_jax_gated_backward",
+                        ("parallel", "arbitrary"))
+    args = [*residuals, xw, *([mask] if layer.has_mask else []),
+            *([rmask] if layer.num_masks else []), *prev, *d_states, *d_final]
+    out = call(*args)
+    n = len(widths)
+    return list(out[1 + n:]), out[0], list(out[1:1 + n])
+
+
+def _gated_kernels(layer: _Gated, platform: str, params_leaves) -> _GatedKernels:
+  plan = _plan(platform, layer.blocks[platform], layer.batch, layer.time)
+  step = _gated_step(layer, params_leaves, plan.rows)
+  res_k = tuple(_blocks_in(a.shape, layer.units) for a in step.residual_avals)
+  core = gate_blocks.core_function(step)
+  n_res, n_carry = len(res_k), len(layer.carry_widths)
+
+  def core_vjp(*args):
+    residuals, carry = args[:n_res], args[n_res:n_res + n_carry]
+    xw_t = args[n_res + n_carry]
+    masks = args[n_res + n_carry + 1:n_res + n_carry + 1 + layer.num_masks]
+    d_new = args[n_res + n_carry + 1 + layer.num_masks:]
+    _, vjp = jax.vjp(lambda r, c, x: core(*r, *c, x, *masks), list(residuals), list(carry),
+                     xw_t)
+    d_res, d_carry, d_xw = vjp(list(d_new))
+    return [*d_res, *d_carry, d_xw]
+
+  rows, dtype = plan.rows, layer.dtype
+  carry = [jax.ShapeDtypeStruct((rows, w), dtype) for w in layer.carry_widths]
+  bwd_jaxpr = jax.make_jaxpr(core_vjp)(
+      *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in step.residual_avals], *carry,
+      jax.ShapeDtypeStruct((rows, layer.num_gates * layer.units), dtype),
+      *[jax.ShapeDtypeStruct((rows, layer.units), dtype)] * layer.num_masks, *carry)
+  return _GatedKernels(layer, plan, step, res_k, bwd_jaxpr)
+
+
+def _gated_scan(layer: _Gated, params_leaves, xw, mask, rmask, h0):
+  """The same recurrence as a `lax.scan` of the cell's step ("fused"'s form): what a GPU
+  runs where Triton cannot take the layer. (states, final), each a list of leaves."""
+  params = jax.tree.unflatten(layer.params_tree, params_leaves)
+  matmuls = gate_matmuls.fused_matmuls(rmask)
+
+  def body(carry, inputs):
+    xw_t, m_t = inputs
+    new = layer.gates.recurrence(params, carry, xw_t, matmuls)[0]
+    if m_t is not None:
+      new = jax.tree.map(lambda n, o: jnp.where(m_t[:, None] > 0, n, o), new, carry)
+    return new, new
+
+  final, states = lax.scan(body, jax.tree.unflatten(layer.carry_tree, h0), (xw, mask))
+  return jax.tree.leaves(states), jax.tree.leaves(final)
+
+
+def _gated_forward(layer: _Gated, platform: str, store_states: bool):
+  def run(params_leaves, xw, mask, rmask, h0):
+    kernels = _gated_kernels(layer, platform, params_leaves)
+    if platform == "gpu" and not kernels.triton_takes():
+      states, final = _gated_scan(layer, params_leaves, xw, mask, rmask, h0)
+      return (states if store_states else []), final
+    plan, carry_k = kernels.plan, layer.carry_k
+    residuals = [_to_layout(r, k)
+                 for r, k in zip(kernels.step.prepare(params_leaves), kernels.res_k)]
+    states, final = kernels.forward(
+        residuals, _pad_rows(_to_layout(xw, layer.num_gates) if layer.num_gates > 1
+                             else xw[None], 2, plan.batch),
+        None if mask is None else _pad_rows(mask[..., None], 1, plan.batch),
+        None if rmask is None else _pad_rows(rmask, 1, plan.batch, 1.0),
+        [_pad_layout(h, k, False, plan.batch) for h, k in zip(h0, carry_k)], store_states)
+    states = [_unpad_layout(s, k, True, layer.batch) for s, k in zip(states, carry_k)]
+    final = [_unpad_layout(f, k, False, layer.batch) for f, k in zip(final, carry_k)]
+    return states, final
+  return run
+
+
+def _gated_backward(layer: _Gated, platform: str):
+  def run(params_leaves, xw, mask, rmask, h0, states, d_states, d_final):
+    kernels = _gated_kernels(layer, platform, params_leaves)
+    if platform == "gpu" and not kernels.triton_takes():
+      def scan(params_leaves, xw, h0):
+        s, f = _gated_scan(layer, params_leaves, xw, mask, rmask, h0)
+        return (s if d_states else []), f
+      _, vjp = jax.vjp(scan, params_leaves, xw, h0)
+      return vjp((d_states, d_final))
+    plan, carry_k, rows = kernels.plan, layer.carry_k, kernels.plan.batch
+    residuals, prepare_vjp = jax.vjp(kernels.step.prepare, params_leaves)
+    prev = [jnp.concatenate([h[None], s[:-1]]) for h, s in zip(h0, states)]
+    xw_l = _to_layout(xw, layer.num_gates) if layer.num_gates > 1 else xw[None]
+    d_res, d_xw, d_h0 = kernels.backward(
+        [_to_layout(r, k) for r, k in zip(residuals, kernels.res_k)],
+        _pad_rows(xw_l, 2, rows),
+        None if mask is None else _pad_rows(mask[..., None], 1, rows),
+        None if rmask is None else _pad_rows(rmask, 1, rows, 1.0),
+        [_pad_layout(p, k, True, rows) for p, k in zip(prev, carry_k)],
+        [_pad_layout(d, k, True, rows) for d, k in zip(d_states, carry_k)],
+        [_pad_layout(d, k, False, rows) for d, k in zip(d_final, carry_k)])
+    d_res = [_from_layout(jnp.sum(d, axis=0), k) for d, k in zip(d_res, kernels.res_k)]
+    [d_params] = prepare_vjp(d_res)
+    d_xw = lax.slice_in_dim(d_xw, 0, layer.batch, axis=2)
+    d_xw = _from_layout(d_xw, layer.num_gates) if layer.num_gates > 1 else d_xw[0]
+    d_h0 = [_unpad_layout(d, k, False, layer.batch) for d, k in zip(d_h0, carry_k)]
+    return d_params, d_xw, d_h0
+  return run
+
+
+def _gated_states(layer: _Gated, params_leaves, xw, mask, rmask, h0):
+  """(every step's state or [] without `layer.store`, the final state): lists of carry
+  leaves <[time, batch, width]> and <[batch, width]>, by the kernels of the platform."""
+  platforms = ("gpu", "tpu", "interpret")
+
+  @jax.custom_vjp
+  def states(params_leaves, xw, mask, rmask, h0):
+    return _on_platforms({p: _gated_forward(layer, p, layer.store) for p in platforms},
+                         (params_leaves, xw, mask, rmask, h0), layer.interpret)
+
+  def forward(params_leaves, xw, mask, rmask, h0):
+    every, final = _on_platforms({p: _gated_forward(layer, p, True) for p in platforms},
+                                 (params_leaves, xw, mask, rmask, h0), layer.interpret)
+    return ((every if layer.store else []), final), (params_leaves, xw, mask, rmask, h0, every)
+
+  def backward(saved, cotangents):
+    params_leaves, xw, mask, rmask, h0, every = saved
+    d_states, d_final = cotangents
+    d_params, d_xw, d_h0 = _on_platforms(
+        {p: _gated_backward(layer, p) for p in platforms},
+        (params_leaves, xw, mask, rmask, h0, every, list(d_states), list(d_final)),
+        layer.interpret)
+    zeros = lambda a: None if a is None else jnp.zeros_like(a)
+    return d_params, d_xw, zeros(mask), zeros(rmask), d_h0
+
+  states.defvjp(forward, backward)
+  return states(params_leaves, xw, mask, rmask, h0)
+
+
+def _run_gated(recurrence: Recurrence, *, blocks: dict, interpret: Optional[bool]):
+  gates = gates_of(recurrence.cell)
+  params = recurrence.params
+  kernel, bias = gates.input_projection(params)
+  xs = recurrence.xs
+  if isinstance(xs, Embedded) and recurrence.input_mask is None:  # the table projected once
+    xw = jnp.take(gate_matmuls.affine(xs.table, kernel, bias), xs.ids, axis=0)
+  else:
+    xw = gate_matmuls.project(recurrence.inputs(), kernel, bias, recurrence.input_mask,
+                              gates.num_gates)
+  time, batch = xw.shape[:2]
+  carry_leaves, carry_tree = jax.tree.flatten(recurrence.initial_state)
+  if any(jnp.ndim(c) != 2 for c in carry_leaves):
+    raise ValueError(f"implementation='pallas' takes a carry of <[batch, width]> arrays; "
+                     f"this {cell_name(recurrence.cell)} cell's has shapes "
+                     f"{[tuple(jnp.shape(c)) for c in carry_leaves]}")
+  units = gates.output(recurrence.initial_state).shape[-1]
+  params_leaves, params_tree = jax.tree.flatten(params)
+  rmask = recurrence.recurrent_mask
+  layer = _Gated(gates, units, gates.num_gates, params_tree, carry_tree,
+                 tuple(c.shape[-1] for c in carry_leaves),
+                 0 if rmask is None else rmask.shape[0], recurrence.mask is not None,
+                 recurrence.return_sequences, time, batch, xw.dtype, blocks, interpret)
+  mask = None if recurrence.mask is None else recurrence.mask.astype(xw.dtype)
+  every, final = _gated_states(layer, params_leaves, xw, mask, rmask, carry_leaves)
+  final = jax.tree.unflatten(carry_tree, final)
+  if not recurrence.return_sequences:
+    return None, final
+  ys = jax.vmap(recurrence.output)(jax.tree.unflatten(carry_tree, every))
+  return ys, final
+
+
+# ----------------------------------------------------------------------------- linear
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Linear:
+  """One linear recurrence's static description."""
+  time: int
+  batch: int
+  units: int
+  dtype: Any
+  store: bool
+  blocks: dict
+  interpret: Optional[bool]
+
+  def plan(self, platform: str) -> _Plan:
+    return _plan(platform, self.blocks[platform], self.batch, self.time, self.units)
+
+
+def _linear_scan(a, b, h0):
+  def body(h, ab):
+    h = ab[0] * h + ab[1]
+    return h, h
+  final, hs = lax.scan(body, h0, (a, b))
+  return hs, final
+
+
+def _linear_specs(plan: _Plan, reverse: bool = False):
+  """(a step block's spec <[steps, rows, cols]>, a state's spec <[rows, cols]>) on the
+  grid (row block b, column block u, step block c)."""
+  nc = plan.grid_time
+  t = (lambda c: nc - 1 - c) if reverse else (lambda c: c)
+  return (pl.BlockSpec((plan.steps, plan.rows, plan.units), lambda b, u, c: (t(c), b, u)),
+          pl.BlockSpec((plan.rows, plan.units), lambda b, u, c: (b, u)))
+
+
+def _linear_forward_kernel(plan: _Plan, store_states: bool):
+  def kernel(a_ref, b_ref, h0_ref, *outs):
+    hs_ref, final_ref = (outs if store_states else (None, *outs))
+    h = h0_ref[...]
+    if plan.grid_time > 1:  # the previous block of steps left h in `final`
+      h = jnp.where(pl.program_id(2) == 0, h, final_ref[...])
+
+    def body(t, h):
+      h = a_ref[t] * h + b_ref[t]
+      if store_states:
+        hs_ref[t] = h
+      return h
+
+    final_ref[...] = lax.fori_loop(0, plan.steps, body, h)
+  return kernel
+
+
+def _linear_backward_kernel(plan: _Plan, store_states: bool):
+  def kernel(*refs):
+    if store_states:
+      a_ref, prev_ref, d_hs_ref, d_final_ref, d_a_ref, d_b_ref, d_h0_ref = refs
+    else:
+      a_ref, prev_ref, d_final_ref, d_a_ref, d_b_ref, d_h0_ref = refs
+      d_hs_ref = None
+    d = d_final_ref[...]
+    if plan.grid_time > 1:
+      d = jnp.where(pl.program_id(2) == 0, d, d_h0_ref[...])
+
+    def body(i, d):
+      t = plan.steps - 1 - i
+      total = d if d_hs_ref is None else d + d_hs_ref[t]
+      d_b_ref[t] = total
+      d_a_ref[t] = total * prev_ref[t]
+      return total * a_ref[t]
+
+    d_h0_ref[...] = lax.fori_loop(0, plan.steps, body, d)
+  return kernel
+
+
+def _linear_takes(plan: _Plan) -> bool:
+  return plan.platform != "gpu" or (_power_of_two(plan.rows) and _power_of_two(plan.units))
+
+
+def _linear_forward(layer: _Linear, platform: str, store_states: bool):
+  def run(a, b, h0):
+    plan = layer.plan(platform)
+    if not _linear_takes(plan):
+      hs, final = _linear_scan(a, b, h0)
+      return (hs if store_states else None), final
+    rows = plan.batch
+    step, state = _linear_specs(plan)
+    grid = (plan.grid_batch, layer.units // plan.units, plan.grid_time)
+    shape = jax.ShapeDtypeStruct((plan.time, rows, layer.units), layer.dtype)
+    final_shape = jax.ShapeDtypeStruct((rows, layer.units), layer.dtype)
+    call = pl.pallas_call(
+        _linear_forward_kernel(plan, store_states), grid=grid,
+        in_specs=[step, step, state],
+        out_specs=[step, state] if store_states else [state],
+        out_shape=[shape, final_shape] if store_states else [final_shape],
+        interpret=platform == "interpret", name="rnn_jax_linear_forward",
+        compiler_params=_compiler_params(platform, ("parallel", "parallel", "arbitrary")))
+    out = call(_pad_rows(a, 1, rows, 1.0), _pad_rows(b, 1, rows), _pad_rows(h0, 0, rows))
+    final = out[-1][:layer.batch]
+    return (out[0][:, :layer.batch] if store_states else None), final
+  return run
+
+
+def _linear_backward(layer: _Linear, platform: str):
+  def run(a, b, h0, hs, d_hs, d_final):
+    plan = layer.plan(platform)
+    if not _linear_takes(plan):
+      _, vjp = jax.vjp(_linear_scan, a, b, h0)
+      return vjp((jnp.zeros_like(hs) if d_hs is None else d_hs, d_final))
+    rows = plan.batch
+    step, state = _linear_specs(plan, reverse=True)
+    grid = (plan.grid_batch, layer.units // plan.units, plan.grid_time)
+    prev = jnp.concatenate([h0[None], hs[:-1]])
+    shape = jax.ShapeDtypeStruct((plan.time, rows, layer.units), layer.dtype)
+    store_states = d_hs is not None
+    call = pl.pallas_call(
+        _linear_backward_kernel(plan, store_states), grid=grid,
+        in_specs=[step, step, *([step] if store_states else []), state],
+        out_specs=[step, step, state],
+        out_shape=[shape, shape, jax.ShapeDtypeStruct((rows, layer.units), layer.dtype)],
+        interpret=platform == "interpret", name="rnn_jax_linear_backward",
+        compiler_params=_compiler_params(platform, ("parallel", "parallel", "arbitrary")))
+    pad = functools.partial(_pad_rows, axis=1, rows=rows)
+    d_a, d_b, d_h0 = call(pad(a), pad(prev), *([pad(d_hs)] if store_states else []),
+                          _pad_rows(d_final, 0, rows))
+    return d_a[:, :layer.batch], d_b[:, :layer.batch], d_h0[:layer.batch]
+  return run
+
+
+def _linear_states(layer: _Linear, a, b, h0):
+  """(h_t for every step <[time, batch, units]> or None without `layer.store`, h_time)."""
+  platforms = ("gpu", "tpu", "interpret")
+
+  @jax.custom_vjp
+  def states(a, b, h0):
+    return _on_platforms({p: _linear_forward(layer, p, layer.store) for p in platforms},
+                         (a, b, h0), layer.interpret)
+
+  def forward(a, b, h0):
+    hs, final = _on_platforms({p: _linear_forward(layer, p, True) for p in platforms},
+                              (a, b, h0), layer.interpret)
+    return ((hs if layer.store else None), final), (a, b, h0, hs)
+
+  def backward(saved, cotangents):
+    a, b, h0, hs = saved
+    d_hs, d_final = cotangents
+    return _on_platforms({p: _linear_backward(layer, p) for p in platforms},
+                         (a, b, h0, hs, d_hs, d_final), layer.interpret)
+
+  states.defvjp(forward, backward)
+  return states(a, b, h0)
+
+
+def linear_recurrence(a: Array, b: Array, h0: Array, *, blocks: Optional[dict] = None,
+                      interpret: Optional[bool] = None) -> Array:
+  """h_t = a_t * h_{t-1} + b_t for t = 1..time from h0, by the linear kernels: a, b
+  <float32>[time, batch, units], h0 <[batch, units]> -> every h_t <[time, batch, units]>.
+  Differentiable (the reverse kernel)."""
+  time, batch, units = a.shape
+  layer = _Linear(time, batch, units, a.dtype, True, {**BLOCKS, **(blocks or {})}, interpret)
+  return _linear_states(layer, a, b, h0)[0]
+
+
+def _run_linear(recurrence: Recurrence, *, blocks: dict, interpret: Optional[bool]):
+  from rnn_jax.backends.linear import per_gate_projection  # pylint: disable=import-outside-toplevel
+  linear = linear_of(recurrence.cell)
+  x = recurrence.dropped_inputs()
+  time, batch = x.shape[:2]
+  gates = per_gate_projection(linear, recurrence.params, x.reshape(time * batch, -1))
+  a, b = linear.gate_coefficients(recurrence.params, gates, log_space=False)
+  a, b = a.reshape(time, batch, -1), b.reshape(time, batch, -1)
+  if recurrence.mask is not None:  # a padded step keeps h: a = 1, b = 0
+    real = recurrence.mask[..., None]
+    a, b = jnp.where(real, a, jnp.ones_like(a)), jnp.where(real, b, jnp.zeros_like(b))
+  layer = _Linear(time, batch, a.shape[-1], a.dtype, recurrence.return_sequences, blocks,
+                  interpret)
+  return _linear_states(layer, a, b, recurrence.initial_state)
+
+
+# ----------------------------------------------------------------------------- backend
+
+def _cells(cell) -> Optional[str]:
+  if gates_of(cell) is None and linear_of(cell) is None:
+    return (f"it needs a cell that declares its gate layout (cells.Gates) or a linear form "
+            f"(cells.Linear); {cell_name(cell)} declares neither")
+  return None
+
+
+def _run(recurrence: Recurrence, *, blocks: dict, interpret: Optional[bool]):
+  if gates_of(recurrence.cell) is not None:
+    return _run_gated(recurrence, blocks=blocks, interpret=interpret)
+  return _run_linear(recurrence, blocks=blocks, interpret=interpret)
+
+
+def backend(name: str = "pallas", *, interpret: Optional[bool] = None,
+            platforms: Optional[tuple] = None, blocks: Optional[dict] = None) -> Backend:
+  """The Pallas backend. `interpret`: None runs the kernels compiled on GPU (Triton) and
+  TPU (Mosaic) and interpreted elsewhere; True interprets them everywhere; False never
+  (then only "gpu" and "tpu" are its platforms). `blocks` replaces entries of `BLOCKS`
+  (keys "gpu", "tpu", "interpret"), e.g. to run the TPU's cut in interpret mode."""
+  if platforms is None and interpret is False:
+    platforms = ("gpu", "tpu")
+  run = functools.partial(_run, blocks={**BLOCKS, **(blocks or {})}, interpret=interpret)
+  return Backend(name, "the whole sequence in one Pallas kernel per block of rows, weights "
+                 "held on chip (Triton on GPU, Mosaic on TPU, interpreted elsewhere; opt-in)",
+                 cells=_cells, platforms=platforms, dtypes=("float32",), features=FEATURES,
+                 run=run, exportable=False)
+
+
+PALLAS = backend()
