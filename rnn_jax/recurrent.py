@@ -156,9 +156,11 @@ def unroll_together(calls: Sequence[dict], *, unroll: int = 1) -> list[tuple[Arr
     by_length.setdefault(_time(recurrence), []).append(i)
   results: list = [None] * len(calls)
   for time, group in by_length.items():
-    if time == 0:  # no step: the initial carry, and no output
-      for i in group:
-        results[i] = _no_steps(*prepared[i])
+    empty = [i for i in group if time == 0 or _batch(prepared[i][0]) == 0]
+    for i in empty:  # no step or no row: nothing for a backend to compute
+      results[i] = _nothing_to_compute(*prepared[i], time)
+    group = [i for i in group if i not in empty]
+    if not group:
       continue
     computed = backends.compute([prepared[i][0] for i in group],
                                 [prepared[i][1].backend for i in group], unroll=unroll)
@@ -188,6 +190,11 @@ def _step_keeping_output(cell_step, params, state, x_t):
 def _time(recurrence: Recurrence) -> int:
   xs = recurrence.xs
   return (xs.ids if isinstance(xs, Embedded) else xs).shape[0]
+
+
+def _batch(recurrence: Recurrence) -> int:
+  xs = recurrence.xs
+  return (xs.ids if isinstance(xs, Embedded) else xs).shape[1]
 
 
 def _normal_form(cell, params, inputs, *, units=None, initial_carry=None, mask=None,
@@ -271,11 +278,16 @@ def _keras_outputs(recurrence: Recurrence, finish: _Finish, ys, state):
   return last, carry
 
 
-def _no_steps(recurrence: Recurrence, finish: _Finish):
-  """A sequence of no steps: the initial carry; no output, or the initial state's."""
+def _nothing_to_compute(recurrence: Recurrence, finish: _Finish, time: int):
+  """Sequences of no step, or a batch of no row: the initial carry, and the outputs of a
+  sequence that never had a real step (the initial state's; none with return_sequences
+  and no step)."""
   y = finish.output_shape
   state = recurrence.initial_state
   carry = state[0] if finish.keeps_output else state
   if recurrence.return_sequences:
-    return jnp.zeros((y.shape[0], 0, *y.shape[1:]), y.dtype), carry
+    ys = jnp.broadcast_to(recurrence.output(state)[:, None], (y.shape[0], time, *y.shape[1:]))
+    if recurrence.mask is not None and finish.zero_output_for_mask:
+      ys = jnp.zeros_like(ys)
+    return ys, carry
   return recurrence.output(state), carry

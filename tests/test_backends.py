@@ -499,3 +499,22 @@ def test_sequential_hands_the_table_to_a_recurrent_layer():
     y = stack[1].apply(p[1], x, mask=ids != 0)[0]
     return jnp.sum(stack[2].apply(p[2], y)[0])
   assert_trees_close(got, jax.value_and_grad(looked_up)(params))
+
+
+@pytest.mark.parametrize("backend_name", sorted(
+    name for name in BACKENDS if BACKENDS[name].platforms is None
+    or "cpu" in BACKENDS[name].platforms))
+def test_an_empty_batch_gives_empty_outputs_as_the_scan_does(backend_name):
+  """A batch of no rows, and of no rows and no steps, through every backend: the scan's
+  empty outputs and carry, or a clear refusal; never an error from inside a backend."""
+  cell_name = _representatives(backend_name)
+  cell = CELLS[cell_name]
+  params = _params(cell_name)
+  for time in (TIME, 0):
+    x = jnp.zeros((0, time, FEATURES))
+    mask = jnp.zeros((0, time), bool)
+    for return_sequences in (True, False):
+      options = dict(units=UNITS, mask=mask, return_sequences=return_sequences)
+      got = recurrent.unroll(cell, params, x, implementation=BACKENDS[backend_name], **options)
+      expected = recurrent.unroll(cell, params, x, implementation="scan", **options)
+      assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, expected)
