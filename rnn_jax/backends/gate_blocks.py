@@ -26,7 +26,6 @@ import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jcore
 

@@ -26,13 +26,19 @@ def per_gate_projection(linear, params, x):
                                     jnp.split(bias, linear.num_gates, axis=-1))]
 
 
-def _run(recurrence: Recurrence, *, log_space: bool):
+def coefficients(recurrence: Recurrence, *, log_space: bool = False):
+  """(a, b) <float>[time, batch, units] of every step of a linear cell's `Recurrence` (or
+  their logs), from one [time * batch, features] matrix."""
   linear = linear_of(recurrence.cell)
   x = recurrence.dropped_inputs()
   time, batch = x.shape[:2]
   gates = per_gate_projection(linear, recurrence.params, x.reshape(time * batch, -1))
   a, b = linear.gate_coefficients(recurrence.params, gates, log_space=log_space)
-  a, b = a.reshape(time, batch, -1), b.reshape(time, batch, -1)
+  return a.reshape(time, batch, -1), b.reshape(time, batch, -1)
+
+
+def _run(recurrence: Recurrence, *, log_space: bool):
+  a, b = coefficients(recurrence, log_space=log_space)
   hs = linear_scan.linear_recurrence(a, b, recurrence.initial_state, mask=recurrence.mask,
                                      log_space=log_space,
                                      method="associative" if log_space else "sequential",

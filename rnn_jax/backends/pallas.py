@@ -605,7 +605,7 @@ def _gated_backward(layer: _Gated, platform: str):
         return (s if d_states else []), f
       _, vjp = jax.vjp(scan, params_leaves, xw, h0)
       return vjp((d_states, d_final))
-    plan, carry_k, rows = kernels.plan, layer.carry_k, kernels.plan.batch
+    carry_k, rows = layer.carry_k, kernels.plan.batch
     residuals, prepare_vjp = jax.vjp(kernels.step.prepare, params_leaves)
     prev = [jnp.concatenate([h[None], s[:-1]]) for h, s in zip(h0, states)]
     xw_l = _to_layout(xw, layer.num_gates) if layer.num_gates > 1 else xw[None]
@@ -849,13 +849,9 @@ def linear_recurrence(a: Array, b: Array, h0: Array, *, blocks: Optional[dict] =
 
 
 def _run_linear(recurrence: Recurrence, *, blocks: dict, interpret: Optional[bool]):
-  from rnn_jax.backends.linear import per_gate_projection  # pylint: disable=import-outside-toplevel
-  linear = linear_of(recurrence.cell)
-  x = recurrence.dropped_inputs()
-  time, batch = x.shape[:2]
-  gates = per_gate_projection(linear, recurrence.params, x.reshape(time * batch, -1))
-  a, b = linear.gate_coefficients(recurrence.params, gates, log_space=False)
-  a, b = a.reshape(time, batch, -1), b.reshape(time, batch, -1)
+  from rnn_jax.backends import linear  # pylint: disable=import-outside-toplevel
+  a, b = linear.coefficients(recurrence)
+  time, batch = a.shape[:2]
   if recurrence.mask is not None:  # a padded step keeps h: a = 1, b = 0
     real = recurrence.mask[..., None]
     a, b = jnp.where(real, a, jnp.ones_like(a)), jnp.where(real, b, jnp.zeros_like(b))
