@@ -47,3 +47,14 @@ def two_state_cell():
     return {"fast": fast, "slow": slow}, jnp.concatenate([fast, slow], axis=-1)
 
   return types.SimpleNamespace(init=init, initial_carry=initial_carry, step=step)
+
+
+def sum_batches(rows: int, test_rows: int, batch_size: int = 16, seed: int = 0):
+  """A tiny regression for `fit`: x <float32>[rows, 5, 2] uniform, y the sum of x[..., 0]
+  over time; the last quarter validates, the first `test_rows` rows test."""
+  from rnn_jax.data.batches import ArrayBatches  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(size=(rows, 5, 2)).astype(np.float32)
+  y = x[:, :, 0].sum(axis=1, keepdims=True)
+  return ArrayBatches.from_arrays(x, y, validation_split=0.25, x_test=x[:test_rows],
+                                  y_test=y[:test_rows], batch_size=batch_size)

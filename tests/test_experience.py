@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import training_runs as runs
-from test_imdb import REVIEWS, make_archive
+from test_imdb import many_reviews_archive
 from test_jena_forecast import jena_csv
 
 EXPERIMENTS = ("adding_problem", "imdb_sentiment", "jena_forecast")
@@ -37,9 +37,7 @@ def read_events(path):
 def root(tmp_path_factory):
   """Tiny runs of every experiment under one parent, each through its own --workdir."""
   tmp = tmp_path_factory.mktemp("experience")
-  reviews = {key: [f"{text} number {i}" for i in range(8) for text in texts]
-             for key, texts in REVIEWS.items()}
-  archive = make_archive(tmp / "aclImdb_v1.tar.gz", reviews)
+  archive = many_reviews_archive(tmp / "aclImdb_v1.tar.gz")
   data = jena_csv(tmp / "jena_climate_2009_2016.csv")
   commands = {
       "adding_problem": ["experiments.adding_problem", *runs.TINY[1:], "--model=gru",

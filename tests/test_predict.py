@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_imdb import REVIEWS, make_archive
+from test_imdb import many_reviews_archive
 from test_jena_forecast import jena_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +59,7 @@ def _check_export(tmp_path, artifact, inputs, expected):
 @pytest.fixture(scope="module")
 def imdb_run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("imdb")
-  many = {key: [f"{text} number {i}" for i in range(8) for text in texts]
-          for key, texts in REVIEWS.items()}
-  archive = make_archive(tmp / "aclImdb_v1.tar.gz", many)
+  archive = many_reviews_archive(tmp / "aclImdb_v1.tar.gz")
   _run(["-m", "experiments.imdb_sentiment", f"--data_path={archive}", f"--workdir={tmp / 'run'}",
         "--maxlen=20", "--max_features=30", "--units=4", "--embedding_dim=4", "--batch_size=8",
         "--epochs=2"], env={**TWO_DEVICES, "RNN_JAX_DATA_CACHE": str(tmp / "cache")})

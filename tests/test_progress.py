@@ -4,7 +4,6 @@ import time
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from rnn_jax.train import progress, results
 

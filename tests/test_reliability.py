@@ -8,7 +8,6 @@ tests/test_faults.py.
 import dataclasses
 import errno
 import hashlib
-import io
 import json
 import os
 import stat
@@ -21,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from helpers import sum_batches
 from rnn_jax import checkpoints, errors, files, layers, plots, train
 from rnn_jax.data import imdb, timeseries
 from rnn_jax.data.batches import ArrayBatches
@@ -53,11 +53,7 @@ def _model(units):
 
 
 def _data():
-  rng = np.random.default_rng(0)
-  x = rng.uniform(size=(64, 5, 2)).astype(np.float32)
-  y = x[:, :, 0].sum(axis=1, keepdims=True)
-  return ArrayBatches.from_arrays(x, y, validation_split=0.25, x_test=x[:16], y_test=y[:16],
-                                  batch_size=16)
+  return sum_batches(64, 16)
 
 
 @pytest.fixture(scope="module")

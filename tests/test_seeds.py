@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import sum_batches
 from rnn_jax import checkpoints, layers, train
-from rnn_jax.data.batches import ArrayBatches
 from rnn_jax.errors import UserError
 
 TIMINGS = ("seconds", "steps_per_s")
@@ -16,11 +16,7 @@ MODEL = layers.Sequential([layers.GRU(4, dropout=0.2, recurrent_dropout=0.2), la
 
 
 def _data():
-  rng = np.random.default_rng(0)
-  x = rng.uniform(size=(72, 5, 2)).astype(np.float32)
-  y = x[:, :, 0].sum(axis=1, keepdims=True)
-  return ArrayBatches.from_arrays(x, y, validation_split=0.25, x_test=x[:20], y_test=y[:20],
-                                  batch_size=16)
+  return sum_batches(72, 20)
 
 
 def _fit(workdir, seed, num_seeds=1, **kwargs):

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import sum_batches
 from rnn_jax import layers, metrics, optim, train
-from rnn_jax.data.batches import ArrayBatches
 from rnn_jax.errors import UserError
 
 
@@ -19,11 +19,7 @@ def _options(workdir, **kwargs):
 
 
 def _data(n=96, batch_size=16, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.uniform(size=(n, 5, 2)).astype(np.float32)
-  y = x[:, :, 0].sum(axis=1, keepdims=True)
-  return ArrayBatches.from_arrays(x, y, validation_split=0.25, x_test=x[:40], y_test=y[:40],
-                                  batch_size=batch_size)
+  return sum_batches(n, 40, batch_size, seed)
 
 
 MODEL = layers.Sequential([layers.GRU(4), layers.Dense(1)])
