@@ -16,7 +16,7 @@ import pytest
 
 from helpers import assert_trees_close, ragged_mask
 from rnn_jax import backends, cells, layers, recurrent
-from rnn_jax.backends import gate_blocks, pallas
+from rnn_jax.backends import gate_blocks, pallas, pallas_gated
 from rnn_jax.cells.base import GatedCell, Gates, init_kernels, zeros_carry
 
 BATCH, TIME, FEATURES, UNITS = 5, 8, 3, 4
@@ -192,12 +192,12 @@ def test_each_cells_step_runs_on_gate_blocks_as_triton_needs(cell_name):
   cell = CELLS[cell_name]
   params = cell.init(jax.random.PRNGKey(0), FEATURES, 32)
   carry = cell.initial_carry(16, 32)
-  layer = pallas._Gated(cell.gates, 32, cell.gates.num_gates,
+  layer = pallas_gated._Gated(cell.gates, 32, cell.gates.num_gates,
                         jax.tree.structure(params), jax.tree.structure(carry),
                         tuple(c.shape[-1] for c in jax.tree.leaves(carry)),
                         cell.gates.num_gates, True, True, 10, 16, jnp.float32, pallas.BLOCKS,
                         None)
-  kernels = pallas._gated_kernels(layer, "gpu", jax.tree.leaves(params))
+  kernels = pallas_gated._gated_kernels(layer, "gpu", jax.tree.leaves(params))
   assert kernels.triton_problems() == []
   # The split moved every slice of the parameters out of the loop: the kernel's weights are
   # the per-gate recurrent kernels (and GRU's recurrent bias rows).
