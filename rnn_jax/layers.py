@@ -25,13 +25,23 @@ Array = jax.Array
 Shape = tuple[int, ...]
 
 
-def _check_sizes(layer, *names: str) -> None:
-  """A `ValueError` naming the layer for a size that is not a positive integer."""
+def _check_sizes(layer, *names: str, label: Optional[str] = None) -> None:
+  """A `ValueError` naming the layer (`label`, else its type) for a size that is not a
+  positive integer."""
   for name in names:
     value = getattr(layer, name)
     if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
-      raise ValueError(f"{type(layer).__name__}: {name} must be a positive integer, got "
-                       f"{value!r}")
+      raise ValueError(f"{label or type(layer).__name__}: {name} must be a positive integer, "
+                       f"got {value!r}")
+
+
+def _check_rates(layer, *names: str, label: Optional[str] = None) -> None:
+  """A `ValueError` naming the layer for a dropout rate outside [0, 1) (NaN too)."""
+  for name in names:
+    rate = getattr(layer, name)
+    if not 0.0 <= rate < 1.0:
+      raise ValueError(f"{label or type(layer).__name__}: {name} must be in [0, 1), got "
+                       f"{rate!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +132,7 @@ class Dropout:
   takes_batch_axis_name: ClassVar[bool] = True  # see `Sequential.apply`
 
   def __post_init__(self):
-    if not 0.0 <= self.rate < 1.0:  # NaN too
-      raise ValueError(f"Dropout: rate must be in [0, 1), got {self.rate!r}")
+    _check_rates(self, "rate")
 
   def init(self, key, input_shape: Shape):
     return {}, input_shape
@@ -162,12 +171,8 @@ class RNN:
   takes_batch_axis_name: ClassVar[bool] = True  # see `Sequential.apply`
 
   def __post_init__(self):
-    if isinstance(self.units, bool) or not hasattr(self.units, "__index__") or self.units < 1:
-      raise ValueError(f"{self._name}: units must be a positive integer, got {self.units!r}")
-    for name in ("dropout", "recurrent_dropout"):
-      rate = getattr(self, name)
-      if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{self._name}: {name} must be in [0, 1), got {rate!r}")
+    _check_sizes(self, "units", label=self._name)
+    _check_rates(self, "dropout", "recurrent_dropout", label=self._name)
 
   @property
   def _name(self) -> str:
@@ -453,7 +458,7 @@ def with_implementation(model, implementation):
     return Sequential([with_implementation(layer, implementation) for layer in model.layers])
   if isinstance(model, RNN):
     chosen = (implementation(model.implementation) if callable(implementation)
-              and not isinstance(implementation, str) else implementation)
+              else implementation)
     return dataclasses.replace(model, implementation=chosen)
   if isinstance(model, Bidirectional):
     backward = model.backward_layer and with_implementation(model.backward_layer, implementation)
