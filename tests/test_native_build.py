@@ -37,6 +37,13 @@ _PROBE = textwrap.dedent("""
     from rnn_jax import cpu_kernels
     if os.environ.get("PROBE_UID"):
       uid = int(os.environ["PROBE_UID"])
+      # The kernel's source where the uid can read it, whatever the checkout's modes.
+      import pathlib, shutil, tempfile
+      readable = pathlib.Path(tempfile.mkdtemp()) / "min_gru.cc"
+      shutil.copy(cpu_kernels._SOURCE, readable)
+      readable.parent.chmod(0o755)
+      readable.chmod(0o644)
+      cpu_kernels._SOURCE = readable
       os.setgroups([])
       os.setgid(uid)
       os.setuid(uid)
