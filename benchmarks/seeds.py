@@ -26,7 +26,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from rnn_jax import errors, layers, optim, train
+from rnn_jax import errors, layers, train
+from rnn_jax.train import optim
 
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 4, "Seeds trained together.", lower_bound=2)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per round and variant.", lower_bound=1)

@@ -16,7 +16,8 @@ import pathlib
 
 from absl import flags
 
-from rnn_jax import errors, layers, plots, train
+from rnn_jax import errors, layers, train
+from rnn_jax.analysis import plots
 from rnn_jax.data import adding
 
 RECURRENT = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU,

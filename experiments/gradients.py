@@ -31,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from rnn_jax import cells, checkpoints, diagnostics, errors, files, layers, train
+from rnn_jax import cells, errors, layers, train
+from rnn_jax.io import checkpoints, files
+from rnn_jax.analysis import diagnostics
 from rnn_jax.data import adding
 
 flags.DEFINE_integer("seq_len", 100, "Sequence length T of the gradient figure.")
@@ -249,7 +251,7 @@ def main(argv):
   files.make_dirs(root)
   files.write_atomic(root / "gradients.json",
                      json.dumps(_json_numbers(report), indent=2, allow_nan=False) + "\n")
-  from rnn_jax import plots  # pylint: disable=import-outside-toplevel
+  from rnn_jax.analysis import plots  # pylint: disable=import-outside-toplevel
   if report["models"]:
     plots.gradient_profiles(report, root / "gradients")
   if "clipping" in report:

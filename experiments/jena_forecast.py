@@ -30,7 +30,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from rnn_jax import errors, files, layers, plots_forecast, train
+from rnn_jax import errors, layers, plots_forecast, train
+from rnn_jax.io import files
 from rnn_jax.data import jena, timeseries, windows
 
 L = layers
@@ -227,7 +228,7 @@ class Problem:
 
   def preprocessing(self, batches: windows.WindowBatches) -> dict:
     """preprocessing.json: how a CSV or DataFrame becomes this run's windows
-    (`rnn_jax.predictor.ForecastPreprocessing` reads it)."""
+    (`rnn_jax.io.predictor.ForecastPreprocessing` reads it)."""
     return {"kind": "forecast", "target": self.series.target, "target_unit": self.unit,
             "columns": list(self.series.columns), "mean": self.norm.mean.tolist(),
             "std": self.norm.std.tolist(), "lookback": batches.lookback, "step": batches.step,

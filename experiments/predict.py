@@ -7,9 +7,9 @@
 --input is, by the run's kind: IMDB, a text file with one review a line (blank lines are
 skipped) -> CSV `line,probability_positive`; forecasting, a CSV with the training's
 columns -> CSV `row[,time],<target> forecast (<unit>)`, one line per window that has
---lookback rows behind it (rnn_jax.predictor); the adding problem, a .npy array of inputs
+--lookback rows behind it (rnn_jax.io.predictor); the adding problem, a .npy array of inputs
 -> CSV `output_0,...`. --export writes the serialized StableHLO artifact
-(rnn_jax.export): it takes the preprocessed inputs, any batch size, and needs only jax
+(rnn_jax.io.export): it takes the preprocessed inputs, any batch size, and needs only jax
 and numpy to run.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from rnn_jax import errors, files
+from rnn_jax import errors
+from rnn_jax.io import files
 
 flags.DEFINE_string("run", None, "A finished run's directory (one model's workdir).")
 flags.DEFINE_string("input", None, "Raw inputs: reviews one a line (IMDB), a CSV "
@@ -121,7 +122,7 @@ def main(argv):
     else:
       print(table.to_csv(index=False), end="", flush=True)
   if FLAGS.export:
-    from rnn_jax import export  # pylint: disable=import-outside-toplevel
+    from rnn_jax.io import export  # pylint: disable=import-outside-toplevel
     path = export.export(predictor, FLAGS.export, FLAGS.platforms)
     shape = ",".join(["batch", *map(str, predictor.record["input_shape"])])
     print(f"wrote {path}: <{predictor.record['input_dtype']}>[{shape}] -> predictions "

@@ -23,7 +23,7 @@ from typing import Optional
 from absl import flags
 
 from rnn_jax import errors, plots_forecast, train
-from rnn_jax.files import write_atomic
+from rnn_jax.io.files import write_atomic
 
 # --workdir is the experiments' shared flag (train.define_flags); here: where to search.
 FLAGS = train.define_flags()

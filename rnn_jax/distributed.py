@@ -11,7 +11,7 @@ the same global batch from the same seed and `rnn_jax.train.placement.put` hands
 its devices its slice (rows [p*B/P, (p+1)*B/P) of a batch of B rows on P equal
 processes), so no process needs the others' data. Only the primary process (0) writes
 files; checkpoints are written by all processes together through orbax
-(rnn_jax.checkpoints).
+(rnn_jax.io.checkpoints).
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def one_line(error: BaseException) -> str:
   """An anticipated error as one line: an OSError as `FILE: cause`, any other as its
   message with the line breaks folded (its type's name when it has none)."""
   if isinstance(error, OSError) and error.strerror:
-    from rnn_jax import files  # pylint: disable=import-outside-toplevel
+    from rnn_jax.io import files  # pylint: disable=import-outside-toplevel
     cause = files.cause(error)
     cause = cause[:1].lower() + cause[1:]
     return f"{error.filename}: {cause}" if error.filename else cause
@@ -67,7 +67,7 @@ def run(main: Callable) -> None:
   """
   # absl only here: the data modules raise UserError without needing absl installed.
   from absl import app, logging  # pylint: disable=import-outside-toplevel
-  from rnn_jax import files  # pylint: disable=import-outside-toplevel
+  from rnn_jax.io import files  # pylint: disable=import-outside-toplevel
   # For the command's whole process: a failed checkpoint write is one `error:` line, and
   # orbax's threads and futures may report it again as late as the process's exit.
   files.install_write_error_filters()

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rnn_jax.plots import _save_atomic, plt
+from rnn_jax.analysis.plots import _save_atomic, plt
 
 
 def series(values: np.ndarray, times: Optional[np.ndarray], path: os.PathLike, *,

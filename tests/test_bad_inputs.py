@@ -183,7 +183,7 @@ def _write_inputs(d: Path) -> None:
   # A run's files for experiments.predict (no checkpoint: each case stops before one is read).
   import types  # pylint: disable=import-outside-toplevel
   from rnn_jax import layers  # pylint: disable=import-outside-toplevel
-  from rnn_jax.train import saved  # pylint: disable=import-outside-toplevel
+  from rnn_jax.io import run_files as saved  # pylint: disable=import-outside-toplevel
   options = types.SimpleNamespace(compute_dtype="float32", num_seeds=1)
   for name in ("arrays_run", "truncated_run"):
     saved.write_run_files(d / name, layers.Sequential([layers.GRU(2), layers.Dense(1)]),

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoints
+from rnn_jax.io import checkpoints
 
 
 def _state(value):

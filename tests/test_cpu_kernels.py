@@ -94,7 +94,7 @@ def test_opt_in_never_auto_and_export_takes_the_portable_path(tmp_path):
   """"auto" never builds or picks the kernel; implementation="native" lowers to it; an
   export of a model asking for it computes "auto" instead (an artifact cannot carry a
   custom call); results.json's record of the backends does not build it."""
-  from rnn_jax import export
+  from rnn_jax.io import export
   from rnn_jax.train import provenance
   x, _ = _inputs(2, 6, 3)
   native = layers.MinGRU(4, implementation="native")

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from rnn_jax import cells, diagnostics
+from rnn_jax import cells
+from rnn_jax.analysis import diagnostics
 
 FEATURES, UNITS, BATCH, LONG = 3, 8, 4, 100
 

@@ -13,7 +13,7 @@ import pytest
 
 from rnn_jax import cells, layers
 
-flax_modules = pytest.importorskip("rnn_jax.flax_modules")
+flax_modules = pytest.importorskip("rnn_jax.interop.flax")
 import flax.linen as nn  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
@@ -80,7 +80,7 @@ def test_readme_flax_example_trains(capsys):
 def test_import_rnn_jax_does_not_import_flax():
   done = subprocess.run(
       [sys.executable, "-c", "import sys, rnn_jax, rnn_jax.layers, rnn_jax.train, "
-       "rnn_jax.predictor, rnn_jax.export; print(sorted(m for m in sys.modules if "
+       "rnn_jax.io.predictor, rnn_jax.io.export; print(sorted(m for m in sys.modules if "
        "m.split('.')[0] == 'flax'))"], capture_output=True, text=True, timeout=300,
       cwd=README.parent)
   assert done.returncode == 0, done.stderr[-2000:]

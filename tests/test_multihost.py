@@ -175,7 +175,8 @@ def test_one_cpu_device_per_core():
 
 _NO_COLLECTIVES = """
 import jax, numpy as np
-from rnn_jax import layers, optim, train
+from rnn_jax import layers, train
+from rnn_jax.train import optim
 placement = train.Placement.make(None, 8)
 assert placement.adds_by_copies and placement.mesh.shape["data"] == 2
 model = layers.Sequential([layers.GRU(4, recurrent_dropout=0.2), layers.Dense(1)])

@@ -1,5 +1,5 @@
 """An open `fit`: optax optimizers, loss and metric functions, schedules, early stopping,
-mixed precision; and the layer stack as data (rnn_jax.serialize)."""
+mixed precision; and the layer stack as data (rnn_jax.io.serialize)."""
 import json
 
 import jax
@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from rnn_jax import activations, cells, layers, metrics, optim, precision, serialize, train
+from rnn_jax import activations, cells, layers, precision, train
+from rnn_jax.train import metrics, optim
+from rnn_jax.io import serialize
 from rnn_jax.data.batches import ArrayBatches
 
 

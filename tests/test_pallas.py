@@ -322,7 +322,7 @@ def test_what_the_backend_declares():
     backends.resolve(cells.mgu(), "pallas", platform="gpu")
   with pytest.raises(ValueError, match="float32, not bfloat16"):
     backends.resolve(CELLS["gru"], "pallas", platform="gpu", dtype=jnp.bfloat16)
-  # An artifact of rnn_jax.export has a symbolic batch, which the kernels' grid cannot take.
+  # An artifact of rnn_jax.io.export has a symbolic batch, which the kernels' grid cannot take.
   assert not pallas.PALLAS.exportable
   compiled_only = pallas.backend("pallas_compiled", interpret=False)
   assert compiled_only.platforms == ("gpu", "tpu")

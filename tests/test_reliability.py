@@ -21,7 +21,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from helpers import sum_batches
-from rnn_jax import checkpoints, errors, files, layers, plots, train
+from rnn_jax import errors, layers, train
+from rnn_jax.io import checkpoints, files
+from rnn_jax.analysis import plots
 from rnn_jax.data import imdb, timeseries
 from rnn_jax.data.batches import ArrayBatches
 from rnn_jax.errors import UserError
@@ -248,7 +250,7 @@ def test_results_and_summary_write_errors_are_one_line(tmp_path, monkeypatch, co
 
 
 def test_full_disk_at_tensorboard_or_metrics_csv_is_one_line(tmp_path, monkeypatch):
-  """#16's writers go through rnn_jax.files too: no traceback from a writer thread, no
+  """#16's writers go through rnn_jax.io.files too: no traceback from a writer thread, no
   temporary file, the previous metrics.csv kept."""
   from rnn_jax.train import logs
   run_logs = logs.RunLogs(tmp_path, [0], fresh=True)
@@ -653,7 +655,7 @@ def test_predict_on_an_empty_batch_is_an_empty_result(saved_runs, kind, raw, sha
 def test_forecast_dataframe_with_inf_is_refused_as_the_csv_reader_does():
   """The forecasting predictor's DataFrame path, on a Predictor built in memory."""
   import pandas as pd
-  from rnn_jax import predictor as predictor_lib
+  from rnn_jax.io import predictor as predictor_lib
   model = layers.Sequential([layers.GRU(2), layers.Dense(1)])
   params = model.init(KEY, jnp.zeros((1, 4, 2)))
   prep = {"kind": "forecast", "columns": ["a", "T"], "target": "T", "target_unit": "degC",
@@ -747,7 +749,7 @@ def test_every_layer_checks_its_values_when_built(make, error, pattern):
 
 
 def test_a_predictor_of_an_unknown_kind_is_refused_when_built():
-  from rnn_jax import predictor as predictor_lib
+  from rnn_jax.io import predictor as predictor_lib
   with pytest.raises(ValueError, match=r"Predictor: preprocessing\['kind'\] must be one of "
                                        r"imdb, forecast, arrays, got 'images'"):
     predictor_lib.Predictor(_model(2), None, {"kind": "images"})

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from helpers import sum_batches
-from rnn_jax import checkpoints, layers, train
+from rnn_jax import layers, train
+from rnn_jax.io import checkpoints
 from rnn_jax.errors import UserError
 
 TIMINGS = ("seconds", "steps_per_s")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from helpers import sum_batches
-from rnn_jax import layers, metrics, optim, train
+from rnn_jax import layers, train
+from rnn_jax.train import metrics, optim
 from rnn_jax.errors import UserError
 
 

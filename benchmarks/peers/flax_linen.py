@@ -8,7 +8,7 @@ import optax
 
 from benchmarks.peers import Unsupported, jax_loss as loss_fn, require_classic_cells
 from benchmarks.tasks import LEARNING_RATE, VOCAB, Task
-from rnn_jax import optim
+from rnn_jax.train import optim
 
 
 

@@ -7,7 +7,7 @@ import optax
 
 from benchmarks.peers import Unsupported, jax_loss as loss_fn
 from benchmarks.tasks import BATCH, LEARNING_RATE, VOCAB, Task
-from rnn_jax import optim
+from rnn_jax.train import optim
 
 
 def train_step(task: Task, x, y):

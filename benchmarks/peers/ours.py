@@ -17,7 +17,8 @@ import numpy as np
 
 from benchmarks.peers import Unsupported
 from benchmarks.tasks import BATCH, LEARNING_RATE, Task, layer_stack
-from rnn_jax import layers, optim, precision, train
+from rnn_jax import layers, precision, train
+from rnn_jax.train import optim
 from rnn_jax.train import provenance
 
 _LOSSES = {"mae": "mae", "bce": "bce_logits"}

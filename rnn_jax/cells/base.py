@@ -88,7 +88,7 @@ class GatedCell(NamedTuple):
   initial_carry: Callable[..., Carry]
   gates: Gates
   # The factory's settings, ((name, value), ...): with `name`, what rebuilds the cell
-  # (`cells.CELLS[name](**dict(config))`, rnn_jax.serialize).
+  # (`cells.CELLS[name](**dict(config))`, rnn_jax.io.serialize).
   config: tuple = ()
 
   def step(self, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:

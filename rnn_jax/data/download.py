@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import Optional, Union
 
-from rnn_jax import files
+from rnn_jax.io import files
 from rnn_jax.errors import UserError
 
 PathLike = Union[str, os.PathLike]

@@ -50,7 +50,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from rnn_jax import files
+from rnn_jax.io import files
 from rnn_jax.data import download
 from rnn_jax.data.batches import ArrayBatches
 from rnn_jax.errors import UserError

@@ -23,7 +23,7 @@ import zipfile
 import zlib
 from typing import Optional
 
-from rnn_jax import files
+from rnn_jax.io import files
 from rnn_jax.data import download, timeseries
 from rnn_jax.errors import UserError
 

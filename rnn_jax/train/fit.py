@@ -1,7 +1,7 @@
 """`fit`: the one training loop every experiment shares.
 
 It trains a model (init(key, sample_x), apply(params, x, *, training, key)) on a
-`rnn_jax.data.batches.Batches` with a Keras optimizer (rnn_jax.optim), data-parallel over
+`rnn_jax.data.batches.Batches` with a Keras optimizer (rnn_jax.train.optim), data-parallel over
 the placement's mesh, and checkpoints after every epoch, so that a resumed run after a
 crash, a SIGKILL or a Ctrl-C ends with the same results as an uninterrupted one. It
 writes `<workdir>/results.json`, `<workdir>/history.png` and a progress line per epoch.
@@ -13,7 +13,7 @@ replica's results under "replicas", their "mean" and "std", and at the top level
 history, val and test over replicas, with "best_epoch" the list of the replicas' best.
 
 Several processes: only the primary process takes the workdir's lock and writes
-results.json and the plots; all of them write checkpoints together (rnn_jax.checkpoints).
+results.json and the plots; all of them write checkpoints together (rnn_jax.io.checkpoints).
 """
 from __future__ import annotations
 
@@ -28,14 +28,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import checkpoints, distributed, layers, optim, plots, precision
-from rnn_jax import metrics as metrics_lib
+from rnn_jax import distributed, layers, precision
+from rnn_jax.io import checkpoints
+from rnn_jax.train import optim
+from rnn_jax.analysis import plots
+from rnn_jax.train import metrics as metrics_lib
 from rnn_jax.errors import UserError
 from rnn_jax.train import progress as progress_lib
 from rnn_jax.train import provenance
 from rnn_jax.train import results as results_lib
 from rnn_jax.train import rundir
-from rnn_jax.train import saved as run_files
+from rnn_jax.io import run_files as run_files
 from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions
 from rnn_jax.train.placement import Placement, put
 from rnn_jax.train.step import (TrainState, init_params, init_state, make_eval_step,
@@ -156,10 +159,10 @@ def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
       results.json's "config" beside the training settings and the architecture (the
       same as model.json's when the model can be written as data).
     optimizer: an `optax.GradientTransformation` used as it is (its own learning rate or
-      schedule; `options.clip_norm` still applies), or a name of `rnn_jax.optim`;
+      schedule; `options.clip_norm` still applies), or a name of `rnn_jax.train.optim`;
       default `options.optimizer` with `options.learning_rate` and `options.lr_schedule`.
     preprocessing: written to <workdir>/preprocessing.json, what `rnn_jax.load` needs
-      to turn raw inputs into the model's (see `rnn_jax.predictor`). The model's
+      to turn raw inputs into the model's (see `rnn_jax.io.predictor`). The model's
       architecture goes to <workdir>/model.json when it is made of rnn_jax layers and
       registered cells (otherwise a note says why not).
 

@@ -9,7 +9,7 @@
 Open them with `tensorboard --logdir runs/` (pip install tensorboard), or read metrics.csv
 with any spreadsheet. Written by the primary process only.
 
-Every write goes through `rnn_jax.files`: a full disk or a read-only directory is one
+Every write goes through `rnn_jax.io.files`: a full disk or a read-only directory is one
 `UserError` line, never a traceback from a writer thread (the event files are written
 here, synchronously, in TensorBoard's format: TFRecord framing of `Event` protos).
 
@@ -33,7 +33,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from rnn_jax import files
+from rnn_jax.io import files
 
 _EPOCH, _STEP = "epoch/", "step/"
 
@@ -82,7 +82,7 @@ def _scalar_event(tag: str, value: float, step: int, wall_time: Optional[float] 
 
 
 class EventFile:
-  """One TensorBoard event file, written synchronously through `rnn_jax.files`."""
+  """One TensorBoard event file, written synchronously through `rnn_jax.io.files`."""
 
   def __init__(self, directory: Path, events: Sequence = ()):
     from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel

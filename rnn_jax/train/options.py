@@ -8,7 +8,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from absl import flags
 
-from rnn_jax import backends, optim
+from rnn_jax import backends
+from rnn_jax.train import optim
 from rnn_jax.precision import COMPUTE_DTYPES
 from rnn_jax.errors import UserError
 

@@ -82,11 +82,11 @@ def environment(started: str) -> dict:
 
 def architecture(layer: Any) -> Any:
   """A layer (a frozen dataclass, e.g. Sequential) as JSON. A model of rnn_jax layers and
-  registered cells: `rnn_jax.serialize.to_config`'s config, the same as model.json's
+  registered cells: `rnn_jax.io.serialize.to_config`'s config, the same as model.json's
   "model" ({"class": ..., settings..., "cell": {"cell": name, settings...}}). Otherwise a
   description that cannot be rebuilt from: {"type": ..., settings...}, cells by their
   name, functions by theirs."""
-  from rnn_jax import serialize  # pylint: disable=import-outside-toplevel
+  from rnn_jax.io import serialize  # pylint: disable=import-outside-toplevel
   try:
     return serialize.to_config(layer)
   except serialize.NotSerializable:

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rnn_jax import files
+from rnn_jax.io import files
 
 
 def write_results(workdir: os.PathLike, results: Mapping[str, Any]) -> Path:

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from rnn_jax import checkpoints, distributed, files
+from rnn_jax import distributed
+from rnn_jax.io import checkpoints, files
 from rnn_jax.errors import UserError
 from rnn_jax.train.options import RESUMABLE_FLAGS
 

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from rnn_jax import checkpoints, files
+from rnn_jax.io import checkpoints, files
 from rnn_jax.errors import UserError
 from rnn_jax.train import rundir
 from rnn_jax.train.options import TrainOptions

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import metrics as metrics_lib
+from rnn_jax.train import metrics as metrics_lib
 from rnn_jax.train.placement import Placement, put
 
 

@@ -14,12 +14,12 @@ from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 # How each loss is named on an axis.
 LOSS_NAMES = {"mae": "MAE", "mse": "MSE", "bce_logits": "binary cross-entropy"}
 
-from rnn_jax import files  # pylint: disable=g-import-not-at-top
+from rnn_jax.io import files  # pylint: disable=g-import-not-at-top
 
 
 def _save_atomic(fig, path: os.PathLike) -> None:
   """Saves `path` (a .png) and the same figure as .svg beside it, each through a
-  temporary file and a rename; a write error is one `UserError` line (rnn_jax.files)."""
+  temporary file and a rename; a write error is one `UserError` line (rnn_jax.io.files)."""
   path = Path(path)
   try:
     for target in (path, path.with_suffix(".svg")):

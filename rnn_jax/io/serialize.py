@@ -153,7 +153,7 @@ def save_model(path: os.PathLike, model, *, input_shape: Sequence[int], input_dt
                compute_dtype: str = "float32", extra: Optional[Mapping[str, Any]] = None) -> Path:
   """Writes `model.json` (atomically); raises `NotSerializable` before writing anything.
   `model` None writes the record without the architecture."""
-  from rnn_jax import checkpoints  # orbax: only when writing
+  from rnn_jax.io import checkpoints  # orbax: only when writing
   record = {"format": FORMAT, "model": None if model is None else to_config(model),
             "input_shape": [int(d) for d in input_shape], "input_dtype": str(input_dtype),
             "compute_dtype": str(compute_dtype), **(extra or {})}

@@ -1,11 +1,12 @@
 """Any rnn_jax cell as a Flax module: `flax.linen` (drops into `nn.RNN`) and `flax.nnx`.
 
   import flax.linen as nn
-  from rnn_jax import cells, flax_modules
-  rnn = nn.RNN(flax_modules.LinenCell(cells.gru(), units=32))      # [batch, time, in] -> [batch, time, 32]
+  from rnn_jax import cells
+  from rnn_jax.interop import flax as rnn_flax
+  rnn = nn.RNN(rnn_flax.LinenCell(cells.gru(), units=32))      # [batch, time, in] -> [batch, time, 32]
 
   from flax import nnx
-  rnn = nnx.RNN(flax_modules.NnxCell(cells.lstm(), in_features=8, units=32, rngs=nnx.Rngs(0)))
+  rnn = nnx.RNN(rnn_flax.NnxCell(cells.lstm(), in_features=8, units=32, rngs=nnx.Rngs(0)))
 
 A cell here is anything with rnn_jax's cell contract (`init`, `initial_carry`, `step`,
 rnn_jax.cells), your own cells included. The parameters keep rnn_jax's (Keras's) names:

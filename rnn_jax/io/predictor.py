@@ -6,7 +6,7 @@
   predictor.predict("new_weather.csv")               # the target, in its unit, per window
 
 A run directory holds what rebuilding needs: `model.json` (the layer stack,
-rnn_jax.serialize), `preprocessing.json` (+ `vocabulary.txt` for IMDB) and the best
+rnn_jax.io.serialize), `preprocessing.json` (+ `vocabulary.txt` for IMDB) and the best
 parameters (`checkpoints/best`). The parameters are restored as host (numpy) arrays
 whatever devices the run was trained on, so a run trained on several devices loads on
 one.
@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import checkpoints, precision, serialize
+from rnn_jax import precision
+from rnn_jax.io import checkpoints, serialize
 from rnn_jax.errors import UserError
-from rnn_jax.train import saved
+from rnn_jax.io import run_files
 
 PathLike = Union[str, os.PathLike]
 CHUNK = 256  # rows per compiled call of `apply` (the last chunk is padded)
@@ -115,7 +116,7 @@ class Predictor:
     return self.predict_arrays(self.preprocess(raw))
 
   def predict_arrays(self, x) -> np.ndarray:
-    """Predictions from preprocessed inputs: the function `rnn_jax.export` exports."""
+    """Predictions from preprocessed inputs: the function `rnn_jax.io.export` exports."""
     return self._chunked(self._predict, x)
 
   def predictions_fn(self, model=None):
@@ -317,15 +318,15 @@ def _verified_bytes(run_dir: Path, name: str, manifest: Optional[dict]) -> bytes
     raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
   if manifest is not None:
     if name not in manifest:
-      raise UserError(f"{path}: not a file this run wrote ({run_dir / saved.MODEL_FILE} lists "
+      raise UserError(f"{path}: not a file this run wrote ({run_dir / run_files.MODEL_FILE} lists "
                       f"{', '.join(sorted(manifest)) or 'none'})")
     expected = manifest[name]
     if len(data) != expected["bytes"]:
       raise UserError(f"{path}: {len(data)} bytes, but the run wrote {expected['bytes']} "
-                      f"(truncated or changed since; {run_dir / saved.MODEL_FILE} records it)")
-    if saved.file_record(data)["sha256"] != expected["sha256"]:
+                      f"(truncated or changed since; {run_dir / run_files.MODEL_FILE} records it)")
+    if run_files.file_record(data)["sha256"] != expected["sha256"]:
       raise UserError(f"{path}: its SHA-256 is not the one the run wrote (changed since; "
-                      f"{run_dir / saved.MODEL_FILE} records it)")
+                      f"{run_dir / run_files.MODEL_FILE} records it)")
   return data
 
 
@@ -370,22 +371,22 @@ def read_run_files(run_dir: PathLike) -> tuple[Any, dict, dict, tuple]:
   each field `Predictor` reads): anything wrong is one `UserError` naming the file. A run
   missing a file it needs is refused by name; nothing is silently defaulted."""
   run_dir = Path(run_dir)
-  model_file = run_dir / saved.MODEL_FILE
+  model_file = run_dir / run_files.MODEL_FILE
   if not run_dir.is_dir():
     raise UserError(f"{run_dir}: no such run directory")
   if not model_file.is_file():
-    runs = sorted(p.parent.name for p in run_dir.glob(f"*/{saved.MODEL_FILE}"))
+    runs = sorted(p.parent.name for p in run_dir.glob(f"*/{run_files.MODEL_FILE}"))
     if runs:  # an experiment's --workdir: the parent of one run per --model
       raise UserError(f"{run_dir} holds the runs {', '.join(runs)}: pass one of them, e.g. "
                       f"{run_dir / runs[0]}")
-    raise UserError(f"{run_dir}: no {saved.MODEL_FILE} (a run of an older rnn_jax, or not "
+    raise UserError(f"{run_dir}: no {run_files.MODEL_FILE} (a run of an older rnn_jax, or not "
                     "a run's directory)")
   built, record = serialize.load_model(model_file)
   manifest = record.get("files")  # None for format 1, which recorded no checksums
-  prep_file = run_dir / saved.PREPROCESSING_FILE
+  prep_file = run_dir / run_files.PREPROCESSING_FILE
   preprocessing = serialize.read_json_object(
       prep_file, "a preprocessing file",
-      _verified_bytes(run_dir, saved.PREPROCESSING_FILE, manifest))
+      _verified_bytes(run_dir, run_files.PREPROCESSING_FILE, manifest))
   _check_preprocessing(prep_file, preprocessing)
   vocabulary = ()
   if preprocessing.get("vocabulary_file"):
@@ -421,7 +422,7 @@ def load(run_dir: PathLike, *, model=None, replica: int = 0) -> Predictor:
                     f"{'s' if num_seeds > 1 else ''} (0..{num_seeds - 1})")
   model = model or built
   if model is None:
-    raise UserError(f"{run_dir}: {saved.MODEL_FILE} holds no architecture "
+    raise UserError(f"{run_dir}: {run_files.MODEL_FILE} holds no architecture "
                     f"({record.get('not_serializable')}); pass model=...")
   params = restore_params(run_dir, model, record, replica)
   return Predictor(model, params, preprocessing, record=record, run_dir=run_dir,

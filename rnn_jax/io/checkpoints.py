@@ -37,7 +37,8 @@ from typing import Any, Callable, Optional
 
 import orbax.checkpoint as ocp
 
-from rnn_jax import distributed, files
+from rnn_jax import distributed
+from rnn_jax.io import files
 from rnn_jax.errors import UserError
 
 MARKER = ".sha256"

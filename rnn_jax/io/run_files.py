@@ -1,6 +1,6 @@
 """What a run saves besides its checkpoints, so that `rnn_jax.load` can rebuild it:
-`model.json` (the architecture, rnn_jax.serialize) and `preprocessing.json` (how raw
-inputs become the model's, written by the experiment; see rnn_jax.predictor), with
+`model.json` (the architecture, rnn_jax.io.serialize) and `preprocessing.json` (how raw
+inputs become the model's, written by the experiment; see rnn_jax.io.predictor), with
 `vocabulary.txt` for text. model.json is written last and records the size and SHA-256
 of the others (`files`), so that `load` refuses a truncated or changed file by name."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from rnn_jax import files, serialize
+from rnn_jax.io import files, serialize
 
 MODEL_FILE = "model.json"
 PREPROCESSING_FILE = "preprocessing.json"

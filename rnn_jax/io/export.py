@@ -1,6 +1,6 @@
 """A trained model as a serialized `jax.export` artifact (StableHLO), batch size polymorphic.
 
-  rnn_jax.export.export(rnn_jax.load(run), "model.jax")            # write
+  rnn_jax.io.export.export(rnn_jax.load(run), "model.jax")            # write
   # in any process with jax and numpy (no rnn_jax):
   exported = jax.export.deserialize(open("model.jax", "rb").read())
   predictions = exported.call(x)      # x: the run's preprocessed inputs, any batch size
@@ -43,7 +43,7 @@ def _exportable(model):
 
 def export(predictor, path: os.PathLike, platforms: Optional[Sequence[str]] = None) -> Path:
   """Writes the serialized artifact to `path`; returns the path."""
-  from rnn_jax import files  # pylint: disable=import-outside-toplevel
+  from rnn_jax.io import files  # pylint: disable=import-outside-toplevel
   path = Path(path)
   data = exported(predictor, platforms).serialize()
   files.make_dirs(path.parent)
