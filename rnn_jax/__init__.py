@@ -31,8 +31,13 @@ _MOVED = {"serialize": "rnn_jax.io.serialize", "checkpoints": "rnn_jax.io.checkp
           "metrics": "rnn_jax.train.metrics", "flax_modules": "rnn_jax.interop.flax"}
 
 
+_ROOMS = ("train", "data", "io", "interop", "analysis")
+
+
 def __getattr__(name: str):
-  """`rnn_jax.<module>` for the modules of `_MOVED`, imported when first named."""
+  """`rnn_jax.<room>` and `rnn_jax.<module>` of `_MOVED`, imported when first named."""
+  if name in _ROOMS:
+    return importlib.import_module(f"rnn_jax.{name}")
   if name in _MOVED:
     return importlib.import_module(_MOVED[name])
   raise AttributeError(f"module 'rnn_jax' has no attribute {name!r}")

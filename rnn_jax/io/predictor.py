@@ -14,20 +14,12 @@ one.
 `Predictor.preprocess(raw)` turns raw inputs into the model's input array,
 `Predictor.apply(x)` gives the model's outputs (logits; normalized forecasts),
 `Predictor.postprocess(y)` turns those into predictions, and `predict(raw)` is the three
-in a row. What `preprocess` takes, by the run's kind:
-
-  imdb      texts (a list of str, or one str): tokenized and encoded exactly as the
-            training reviews were -> <int32>[n, maxlen]; predictions: P(positive).
-  forecast  a pandas DataFrame or a CSV path with the training's columns -> one window
-            for each row r >= lookback (the rows r - lookback .. r - 1, every `step`th,
-            normalized with the training mean and std); prediction i forecasts the
-            target at row lookback + i + delay (0-based), in its own unit.
-            `forecast_table` adds those rows (and times, for a CSV with times).
-  arrays    arrays as the model takes them (the adding problem); predictions: outputs.
+in a row. What `preprocess` takes depends on the run's preprocessing kind, named in its
+preprocessing.json and looked up in `rnn_jax.data.preprocessing` (arrays, imdb, forecast,
+or one you register).
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -40,10 +32,10 @@ from rnn_jax import precision
 from rnn_jax.io import checkpoints, serialize
 from rnn_jax.errors import UserError
 from rnn_jax.io import run_files
+from rnn_jax.data import preprocessing as preprocessing_kinds
 
 PathLike = Union[str, os.PathLike]
 CHUNK = 256  # rows per compiled call of `apply` (the last chunk is padded)
-KINDS = ("imdb", "forecast", "arrays")  # preprocessing.json's "kind"
 
 
 class Predictor:
@@ -58,9 +50,10 @@ class Predictor:
     self.run_dir = None if run_dir is None else Path(run_dir)
     self.vocabulary = tuple(vocabulary)
     self.kind = preprocessing.get("kind", "arrays")
-    if self.kind not in KINDS:
-      raise ValueError(f"Predictor: preprocessing['kind'] must be one of {', '.join(KINDS)}, "
-                       f"got {self.kind!r}")
+    try:
+      self._kind = preprocessing_kinds.get(self.kind)
+    except ValueError as e:
+      raise ValueError(f"Predictor: preprocessing['kind'] {e}") from None
     self.compute_dtype = self.record.get("compute_dtype", "float32")
     self._computing = precision.with_compute_dtype(model, self.compute_dtype)
     self._apply = jax.jit(lambda p, x: self._computing.apply(p, x, training=False))
@@ -73,35 +66,7 @@ class Predictor:
     """Raw inputs -> the model's input array (see the module docstring). What the run's
     kind does not take is a `TypeError`, a value it cannot use (another width, inf or NaN)
     a `ValueError`, both in the user's terms; an empty batch gives an empty array."""
-    if self.kind == "imdb":
-      return self._encode_texts(raw)
-    if self.kind == "forecast":
-      return self._windows(self._values(raw))
-    return self._arrays(raw)
-
-  def _input_shape(self) -> tuple:
-    return tuple(self.record.get("input_shape", ()))
-
-  def _arrays(self, raw) -> np.ndarray:
-    """Arrays as the model takes them <input_dtype>[n, ..., features], checked."""
-    dtype, shape = self.record.get("input_dtype", "float32"), self._input_shape()
-    wanted = f"<{dtype}>[n, {', '.join(map(str, shape))}] arrays (the training's inputs)"
-    if isinstance(raw, (str, bytes, bytearray)) or (
-        hasattr(raw, "columns") and hasattr(raw, "iloc")):
-      raise TypeError(f"this run takes {wanted}, got {type(raw).__name__}")
-    try:
-      x = np.asarray(raw)
-    except ValueError as e:  # ragged nested lists
-      raise ValueError(f"this run takes {wanted}; the input is not one array ({e})") from None
-    if x.dtype.kind not in "biuf":
-      raise TypeError(f"this run takes {wanted}, got values of dtype {x.dtype} "
-                      "(strings or objects?)")
-    if x.size == 0 and x.shape[:1] in ((0,), ()) and x.ndim <= len(shape) + 1:
-      return np.zeros((0, *shape), dtype)  # an empty batch
-    if x.ndim != len(shape) + 1 or (shape and x.shape[-1] != shape[-1]):
-      raise ValueError(f"this run takes {wanted}, got shape {x.shape}")
-    _check_finite(x, "the input")
-    return x.astype(dtype)
+    return self._kind.preprocess(self, raw)
 
   def apply(self, x) -> np.ndarray:
     """The model's outputs (float32) on input arrays, in chunks of `CHUNK` rows."""
@@ -127,14 +92,7 @@ class Predictor:
     return lambda p, x: self._postprocess(computing.apply(p, x, training=False))
 
   def _postprocess(self, y):
-    if self.kind == "imdb":
-      return jax.nn.sigmoid(y.reshape(y.shape[0], -1)[:, 0])
-    if self.kind == "forecast":
-      t = self.preprocessing["columns"].index(self.preprocessing["target"])
-      mean = np.float32(self.preprocessing["mean"][t])
-      std = np.float32(self.preprocessing["std"][t])
-      return y.reshape(y.shape[0], -1)[:, 0] * std + mean
-    return y
+    return self._kind.postprocess(self, y)
 
   def _chunked(self, fn, x) -> np.ndarray:
     x = np.asarray(x)
@@ -150,89 +108,7 @@ class Predictor:
       outputs.append(jax.tree.map(lambda a: np.asarray(a)[:n], fn(self.params, part)))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
-  # --- imdb --------------------------------------------------------------------------------
-
-  def _encode_texts(self, texts) -> np.ndarray:
-    from rnn_jax.data import imdb
-    wanted = "this run takes a review (a string) or a list of reviews"
-    if isinstance(texts, str):
-      texts = [texts]
-    elif isinstance(texts, (bytes, bytearray)):
-      raise TypeError(f"{wanted}, got bytes: decode them first (e.g. data.decode('utf-8'))")
-    elif isinstance(texts, np.ndarray) and texts.ndim == 1:
-      texts = texts.tolist()
-    elif isinstance(texts, (list, tuple)):
-      texts = list(texts)
-    else:
-      raise TypeError(f"{wanted}, got {type(texts).__name__}")
-    for i, text in enumerate(texts):
-      if not isinstance(text, str):
-        raise TypeError(f"{wanted}: review {i} is {type(text).__name__}, not a string")
-    if not texts:  # an empty batch
-      return np.zeros((0, *self._input_shape()), np.int32)
-    if not self.vocabulary:
-      raise UserError(f"{self.run_dir}: this run was trained on pre-encoded reviews (an "
-                      "imdb.npz) and has no vocabulary; give predict_arrays word ids")
-    return imdb.encode(list(texts), self.vocabulary, **self.preprocessing)
-
   # --- forecasting -------------------------------------------------------------------------
-
-  def _values(self, raw) -> np.ndarray:
-    """<float64>[rows, features] in the training's column order, missing cells filled."""
-    import pandas as pd
-    from rnn_jax.data import timeseries
-    prep = self.preprocessing
-    columns = list(prep["columns"])
-    if isinstance(raw, (str, os.PathLike)):
-      spec = timeseries.CsvSpec(
-          target=prep["target"], features=columns, time_column=prep.get("time_column"),
-          time_columns=prep.get("time_columns"), time_format=prep.get("time_format"),
-          fill_missing=prep.get("fill_missing"),
-          allow_irregular_time=bool(prep.get("allow_irregular_time")))
-      series = timeseries.read_csv(raw, spec)
-      if list(series.columns) != columns:
-        raise UserError(f"{raw}: the columns {list(series.columns)} are not in the training's "
-                        f"order {columns}")
-      return series.values
-    if not isinstance(raw, pd.DataFrame):
-      raise TypeError(f"a forecasting run takes a pandas DataFrame or a CSV path, got "
-                      f"{type(raw).__name__}")
-    absent = [c for c in columns if c not in raw.columns]
-    if absent:
-      raise ValueError(f"the DataFrame lacks the training columns {absent} (it has "
-                       f"{list(raw.columns)})")
-    frame = raw[columns].apply(pd.to_numeric, errors="coerce")
-    numbers = frame.to_numpy(np.float64)
-    if np.isinf(numbers).any():  # as the CSV reader, which takes inf for not a number
-      row, column = np.argwhere(np.isinf(numbers))[0]
-      raise ValueError(f"the DataFrame's row {raw.index[row]!r}, column {columns[column]!r}: "
-                       f"not a number: {numbers[row, column]} (inf is refused, as in a CSV)")
-    if frame.isna().to_numpy().any():
-      mode = prep.get("fill_missing")
-      if mode is None:
-        row, column = np.argwhere(frame.isna().to_numpy())[0]
-        raise ValueError(f"{int(frame.isna().to_numpy().sum())} missing or non-numeric cells "
-                         f"in the training columns, e.g. row {raw.index[row]!r}, column "
-                         f"{columns[column]!r}, and the run did not fill missing cells")
-      frame = (frame.interpolate(method="linear", limit_direction="both", axis=0)
-               if mode == "interpolate" else frame.ffill().bfill())
-    values = frame.to_numpy(np.float64)
-    _check_finite(values, "the DataFrame (after filling missing cells)")
-    return values
-
-  def _windows(self, values: np.ndarray) -> np.ndarray:
-    from rnn_jax.data import windows
-    prep = self.preprocessing
-    lookback, step = prep["lookback"], prep["step"]
-    if len(values) == 0:  # an empty batch
-      return np.zeros((0, len(range(-lookback, 0, step)), values.shape[1]), np.float32)
-    if len(values) < lookback:
-      raise ValueError(f"{len(values)} rows are fewer than one window (lookback {lookback})")
-    data = ((values - np.asarray(prep["mean"])) / np.asarray(prep["std"])).astype(np.float32)
-    time = len(range(-lookback, 0, step))
-    ends = np.arange(lookback, len(values) + 1)
-    layout = windows.WindowLayout.of(data, time=time, step=step, reverse=bool(prep["reverse"]))
-    return layout.windows(ends - lookback)
 
   def forecast_table(self, raw):
     """A DataFrame: per window, the row it forecasts (`row`, 0-based, may lie past the
@@ -241,8 +117,8 @@ class Predictor:
     if self.kind != "forecast":
       raise ValueError("forecast_table is for forecasting runs")
     prep = self.preprocessing
-    values = self._values(raw)
-    predictions = self.predict_arrays(self._windows(values))
+    values = self._kind.values(self, raw)
+    predictions = self.predict_arrays(self._kind.windows(self, values))
     rows = np.arange(prep["lookback"], len(values) + 1) + prep["delay"]
     table = {"row": rows}
     times = self._times(raw)
@@ -257,24 +133,11 @@ class Predictor:
   def _times(self, raw):
     if not isinstance(raw, (str, os.PathLike)):
       return None
-    from rnn_jax.data import timeseries
+    from rnn_jax.data import timeseries  # pylint: disable=import-outside-toplevel
     prep = self.preprocessing
     if not (prep.get("time_column") or prep.get("time_columns")):
       return None
-    spec = timeseries.CsvSpec(
-        target=prep["target"], features=list(prep["columns"]),
-        time_column=prep.get("time_column"), time_columns=prep.get("time_columns"),
-        time_format=prep.get("time_format"), fill_missing=prep.get("fill_missing"),
-        allow_irregular_time=True)
-    return timeseries.read_csv(raw, spec).times
-
-
-def _check_finite(x: np.ndarray, what: str) -> None:
-  """A `ValueError` naming the first inf or NaN of a float array (the CSV reader refuses
-  them too), rather than silently wrong predictions."""
-  if x.dtype.kind == "f" and not np.isfinite(x).all():
-    index = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
-    raise ValueError(f"{what} holds {x[index]} at index {index}: every value must be finite")
+    return timeseries.read_csv(raw, self._kind.csv_spec(prep, allow_irregular_time=True)).times
 
 
 def _input_example(record: dict) -> jax.ShapeDtypeStruct:
@@ -331,38 +194,15 @@ def _verified_bytes(run_dir: Path, name: str, manifest: Optional[dict]) -> bytes
 
 
 def _check_preprocessing(path: Path, prep: dict) -> None:
-  """preprocessing.json's fields that `Predictor` reads, by kind: else a `UserError`."""
-  def need(ok: bool, what: str):
-    if not ok:
-      raise UserError(f"{path}: not a preprocessing file: {what}")
-  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
-  kind = prep.get("kind")
-  need(kind in KINDS, f"'kind' is {kind!r}, not one of {', '.join(KINDS)}")
-  if kind == "imdb":
-    for key in ("num_words", "maxlen"):
-      need(prep.get(key) is None or (is_int(prep[key]) and prep[key] >= 1),
-           f"{key!r} is {prep.get(key)!r}, not a positive integer")
-    name = prep.get("vocabulary_file")
-    need(name is None or (isinstance(name, str) and Path(name).name == name and name),
-         f"'vocabulary_file' is {name!r}, not a file name in the run's directory")
-  elif kind == "forecast":
-    columns = prep.get("columns")
-    need(isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns),
-         f"'columns' is {columns!r}, not a list of column names")
-    need(prep.get("target") in columns, f"'target' {prep.get('target')!r} is not one of "
-                                        "'columns'")
-    for key in ("mean", "std"):
-      values = prep.get(key)
-      need(isinstance(values, list) and len(values) == len(columns)
-           and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and math.isfinite(v) for v in values),
-           f"{key!r} is not {len(columns)} finite numbers, one per column")
-    need(all(v > 0 for v in prep["std"]), "'std' holds a value that is not positive")
-    for key, low in (("lookback", 1), ("step", 1), ("delay", 0)):
-      need(is_int(prep.get(key)) and prep[key] >= low,
-           f"{key!r} is {prep.get(key)!r}, not an integer of at least {low}")
-    need(prep["lookback"] % prep["step"] == 0, "'step' does not divide 'lookback'")
-    need(isinstance(prep.get("reverse", False), bool), "'reverse' is not true or false")
+  """preprocessing.json's kind is registered and its fields are what that kind reads:
+  else a `UserError` naming the file."""
+  if prep.get("kind") not in preprocessing_kinds.kinds():
+    raise UserError(f"{path}: not a preprocessing file: 'kind' is {prep.get('kind')!r}, not "
+                    f"one of {', '.join(preprocessing_kinds.kinds())}")
+  kind = preprocessing_kinds.get(prep["kind"])
+  problem = kind.problem(prep)
+  if problem:
+    raise UserError(f"{path}: not a preprocessing file: {problem}")
 
 
 def read_run_files(run_dir: PathLike) -> tuple[Any, dict, dict, tuple]:
