@@ -6,13 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def assert_trees_close(actual, expected, tol: float = 1e-5) -> None:
-  """Every leaf of two pytrees of one structure equal to `tol` (relative and absolute)."""
+def assert_trees_close(actual, expected, tol: float = 1e-5, atol=None) -> None:
+  """Every leaf of two pytrees of one structure equal to `tol` (relative, and absolute
+  unless `atol` is given)."""
   leaves_a, leaves_e = jax.tree.leaves(actual), jax.tree.leaves(expected)
   assert jax.tree.structure(actual) == jax.tree.structure(expected), (
       jax.tree.structure(actual), jax.tree.structure(expected))
   for a, e in zip(leaves_a, leaves_e, strict=True):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=tol,
+                               atol=tol if atol is None else atol)
 
 
 def ragged_mask(batch: int, time: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import two_state_cell
+from helpers import assert_trees_close, two_state_cell
 from rnn_jax import layers, recurrent, train
 from rnn_jax.data.batches import ArrayBatches
 
@@ -78,15 +78,10 @@ def _by_hand(cell, params, x, mask=None, *, go_backwards=False, input_mask=None,
   return jnp.swapaxes(ys, 0, 1), carry
 
 
-def _assert_close(a, b):
-  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
-
-
 def _check_values_and_gradients(ours, reference, params, x):
   loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))
-  _assert_close(jax.value_and_grad(loss(ours), argnums=(0, 1))(params, x),
-                jax.value_and_grad(loss(reference), argnums=(0, 1))(params, x))
+  assert_trees_close(jax.value_and_grad(loss(ours), argnums=(0, 1))(params, x),
+                     jax.value_and_grad(loss(reference), argnums=(0, 1))(params, x), atol=1e-6)
 
 
 @pytest.mark.parametrize("cell_name", sorted(CELLS))
