@@ -22,11 +22,12 @@ from typing import Optional
 
 from absl import flags
 
+from experiments import train_flags
 from rnn_jax import errors, plots_forecast, train
 from rnn_jax.files import write_atomic
 
-# --workdir is the experiments' shared flag (train.define_flags); here: where to search.
-FLAGS = train.define_flags()
+# --workdir is the experiments' shared flag (train_flags.define_flags); here: where to search.
+FLAGS = train_flags.define_flags()
 flags.declare_key_flag("workdir")
 FLAGS["workdir"].help = "The directory to search for results.json files (default: runs)."
 
