@@ -16,7 +16,7 @@ import pathlib
 
 from absl import flags
 
-from experiments import train_flags
+from experiments import train_flags, variants
 from rnn_jax import errors, layers, plots, train
 from rnn_jax.data import adding
 
@@ -28,8 +28,8 @@ DEFAULT_MODELS = ["simple_rnn", "lstm", "gru"]
 def build_model(name: str, units: int, *, activation=None, reset_after=None,
                 head: str = "dense") -> layers.Sequential:
   """<float32>[batch, T, 2] -> the predicted sum <float32>[batch, 1]."""
-  options = layers.lecture_options(name, activation, reset_after)
-  return layers.Sequential([RECURRENT[name](units, **options), *layers.head(head, units)])
+  options = variants.lecture_options(name, activation, reset_after)
+  return layers.Sequential([RECURRENT[name](units, **options), *variants.head(head, units)])
 
 
 MODELS = {name: functools.partial(build_model, name) for name in RECURRENT}

@@ -18,7 +18,7 @@ import pathlib
 
 from absl import flags
 
-from experiments import train_flags
+from experiments import train_flags, variants
 from rnn_jax import errors, layers, train
 from rnn_jax.data import imdb
 
@@ -64,11 +64,11 @@ def build_model(name: str, *, max_features: int, embedding_dim: int, units: int,
                 mask_zero: bool = False, activation=None, reset_after=None,
                 head: str = "dense") -> layers.Sequential:
   """ids <int32>[batch, time] -> logits <float32>[batch, 1]."""
-  options = layers.lecture_options(_KIND.get(name, name), activation, reset_after)
+  options = variants.lecture_options(_KIND.get(name, name), activation, reset_after)
   return layers.Sequential([
       layers.Embedding(max_features, embedding_dim, mask_zero=mask_zero),
       RECURRENT[name](units, dropout=dropout, recurrent_dropout=recurrent_dropout, **options),
-      *layers.head(head, units),
+      *variants.head(head, units),
   ])
 
 

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments import train_flags
+from experiments import train_flags, variants
 from rnn_jax import errors, files, layers, plots_forecast, train
 from rnn_jax.data import jena, timeseries, windows
 
@@ -40,12 +40,12 @@ L = layers
 
 
 def _options(kind, lecture, **defaults):
-  return {**defaults, **L.lecture_options(kind, lecture.get("activation"),
-                                          lecture.get("reset_after"))}
+  return {**defaults, **variants.lecture_options(kind, lecture.get("activation"),
+                                                 lecture.get("reset_after"))}
 
 
 def _head(units, lecture):
-  return L.head(lecture.get("head", "dense"), units)
+  return variants.head(lecture.get("head", "dense"), units)
 
 
 def _gru(units, dropout, recurrent_dropout, lecture):
