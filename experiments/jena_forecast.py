@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments import train_flags, variants
-from rnn_jax import errors, files, layers, plots_forecast, train
+from experiments import forecast_plots, train_flags, variants
+from rnn_jax import errors, files, layers, train
 from rnn_jax.data import jena, timeseries, windows
 
 L = layers
@@ -329,7 +329,7 @@ def plot_predictions(problem: Problem, batches, apply_fn, params, path, title: s
   predicted = problem.denormalize(np.asarray(jax.jit(apply_fn)(params, x))[:, 0])
   times = None if problem.series.times is None else problem.series.times[target_rows]
   curves = [(name, predicted)] + ([("naive baseline", naive)] if with_naive else [])
-  plots_forecast.predictions(true, curves, times, path, title=title, label=problem.label)
+  forecast_plots.predictions(true, curves, times, path, title=title, label=problem.label)
 
 
 def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
@@ -337,8 +337,8 @@ def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
   values = problem.series.values[:, problem.series.target_index]
   label = problem.label
   files.make_dirs(workdir)
-  plots_forecast.series(values, problem.series.times, workdir / "target.png", label=label)
-  plots_forecast.series(values, problem.series.times, workdir / "target_first_10_days.png",
+  forecast_plots.series(values, problem.series.times, workdir / "target.png", label=label)
+  forecast_plots.series(values, problem.series.times, workdir / "target_first_10_days.png",
                         label=label, first=problem.rows_in_days(10),
                         span=f"the first 10 days ({problem.rows_in_days(10)} rows)")
 
