@@ -31,6 +31,7 @@ import contextlib
 import csv
 import dataclasses
 import io
+import logging
 import pathlib
 import zipfile
 import zlib
@@ -38,7 +39,6 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from absl import logging
 
 from rnn_jax.errors import UserError
 
