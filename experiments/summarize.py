@@ -23,7 +23,7 @@ from typing import Optional
 from absl import flags
 
 from experiments import forecast_plots, train_flags
-from rnn_jax import errors, train
+from rnn_jax import errors
 from rnn_jax.files import write_atomic
 
 # --workdir is the experiments' shared flag (train_flags.define_flags); here: where to search.
