@@ -16,6 +16,7 @@ import pathlib
 
 from absl import flags
 
+from experiments import train_flags, variants
 from rnn_jax import errors, layers, train
 from rnn_jax.analysis import plots
 from rnn_jax.data import adding
@@ -28,8 +29,8 @@ DEFAULT_MODELS = ["simple_rnn", "lstm", "gru"]
 def build_model(name: str, units: int, *, activation=None, reset_after=None,
                 head: str = "dense") -> layers.Sequential:
   """<float32>[batch, T, 2] -> the predicted sum <float32>[batch, 1]."""
-  options = layers.lecture_options(name, activation, reset_after)
-  return layers.Sequential([RECURRENT[name](units, **options), *layers.head(head, units)])
+  options = variants.lecture_options(name, activation, reset_after)
+  return layers.Sequential([RECURRENT[name](units, **options), *variants.head(head, units)])
 
 
 MODELS = {name: functools.partial(build_model, name) for name in RECURRENT}
@@ -40,9 +41,9 @@ flags.DEFINE_integer("units", 32, "Units of each recurrent layer.")
 flags.DEFINE_integer("num_train", 10000, "Training + validation sequences.")
 flags.DEFINE_integer("num_test", 1000, "Test sequences.")
 flags.DEFINE_integer("data_seed", None, "Seed of the sequences (default: --seed).")
-FLAGS = train.define_flags(epochs=20, batch_size=64, optimizer="adam", learning_rate=1e-2,
-                           validation_split=0.2)
-flags.adopt_module_key_flags(train.options)  # --help lists the shared training flags too
+FLAGS = train_flags.define_flags(epochs=20, batch_size=64, optimizer="adam", learning_rate=1e-2,
+                                 validation_split=0.2)
+flags.adopt_module_key_flags(train_flags)  # --help lists the shared training flags too
 FLAGS["workdir"].help = "Parent directory: each model's run goes to <workdir>/<model>; " \
     "comparison.png and the table to <workdir> (default: runs/adding_problem)."
 FLAGS["steps_per_epoch"].help = "Training steps per epoch (default: one pass over the " \
@@ -57,7 +58,7 @@ def main(argv):
       raise errors.UserError(f"--{name} must be at least 2, got {FLAGS[name].value}")
   if FLAGS.data_seed is not None and not 0 <= FLAGS.data_seed < 2**32:
     raise errors.UserError(f"--data_seed must be in [0, 2**32), got {FLAGS.data_seed}")
-  train.set_up(FLAGS)
+  train_flags.set_up(FLAGS)
   models = {m: layers.with_implementation(
       MODELS[m](FLAGS.units, activation=FLAGS.activation, reset_after=FLAGS.reset_after,
                 head=FLAGS.head), FLAGS.implementation) for m in FLAGS.model}
@@ -65,8 +66,8 @@ def main(argv):
   workdir = FLAGS.workdir or os.path.join("runs", "adding_problem")
   data_seed = FLAGS.seed if FLAGS.data_seed is None else FLAGS.data_seed
   train.check_workdir(pathlib.Path(workdir))
-  options = {m: train.TrainOptions.from_flags(FLAGS, experiment="adding_problem", model_name=m,
-                                              workdir=os.path.join(workdir, m))
+  options = {m: train_flags.train_options(FLAGS, experiment="adding_problem", model_name=m,
+                                          workdir=os.path.join(workdir, m))
              for m in FLAGS.model}  # checks the shared flags before anything else
   # Every model checked before any trains (finished, interrupted: the same flags?); each
   # run records --model as its own name, so a resume may list other models.

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from experiments import train_flags
 from rnn_jax import cells, errors, layers, train
 from rnn_jax.io import checkpoints, files
 from rnn_jax.analysis import diagnostics
@@ -49,10 +50,10 @@ MODELS = ("simple_rnn_tanh", "simple_rnn_relu_exploding", "lstm", "gru")
 flags.DEFINE_list("model", list(MODELS), f"Models of the gradient figure, in order, from "
                   f"{list(MODELS)}; each trained one's run goes to <workdir>/<model>.")
 flags.DEFINE_list("parts", ["profiles", "clipping"], "What to run: profiles, clipping.")
-FLAGS = train.define_flags(epochs=10, batch_size=64, optimizer="adam", learning_rate=1e-2,
-                           validation_split=0.2)
+FLAGS = train_flags.define_flags(epochs=10, batch_size=64, optimizer="adam", learning_rate=1e-2,
+                                 validation_split=0.2)
 FLAGS.set_default("clip_norm", 1.0)
-flags.adopt_module_key_flags(train.options)  # --help lists the shared training flags too
+flags.adopt_module_key_flags(train_flags)  # --help lists the shared training flags too
 
 
 def _scaled_recurrent_kernel(cell: cells.GatedCell, scale: float) -> cells.GatedCell:
@@ -101,8 +102,8 @@ def gradient_profile(cell, model_params, x, y, units) -> dict:
 def _options(name: str, root: Path, **changes) -> train.TrainOptions:
   """The run's options; the models of the figure train unclipped (--clip_norm is part 2's).
   --parts is the experiment's, not a run's: each run's recorded flags leave it out."""
-  options = train.TrainOptions.from_flags(FLAGS, experiment="gradients", model_name=name,
-                                          workdir=str(root / name))
+  options = train_flags.train_options(FLAGS, experiment="gradients", model_name=name,
+                                      workdir=str(root / name))
   return dataclasses.replace(options, flags={k: v for k, v in options.flags.items()
                                              if k != "parts"},
                              **{"clip_norm": None, **changes})
@@ -213,7 +214,7 @@ def _json_numbers(value):
 def main(argv):
   del argv
   check_flags()
-  train.set_up(FLAGS)
+  train_flags.set_up(FLAGS)
   root = Path(FLAGS.workdir or os.path.join("runs", "gradients"))
   train.check_workdir(root)
   runs = plan(root)

@@ -18,6 +18,7 @@ import pathlib
 
 from absl import flags
 
+from experiments import train_flags, variants
 from rnn_jax import errors, layers, train
 from rnn_jax.data import imdb
 
@@ -49,9 +50,9 @@ flags.DEFINE_float("dropout", 0.0, "Dropout on the recurrent layer's inputs.")
 flags.DEFINE_float("recurrent_dropout", 0.0, "Dropout on its recurrent state (Gal & Ghahramani).")
 flags.DEFINE_bool("mask_zero", False, "Mask the padding (id 0) so the recurrent layer skips it; "
                   "the lecture does not.")
-FLAGS = train.define_flags(epochs=10, batch_size=128, validation_split=0.2,
-                           optimizer="rmsprop", learning_rate=1e-3)
-flags.adopt_module_key_flags(train.options)  # --help lists the shared training flags too
+FLAGS = train_flags.define_flags(epochs=10, batch_size=128, validation_split=0.2,
+                                 optimizer="rmsprop", learning_rate=1e-3)
+flags.adopt_module_key_flags(train_flags)  # --help lists the shared training flags too
 FLAGS["workdir"].help = ("Parent directory: each model's run goes to <workdir>/<model> "
                          "(default: runs/imdb_sentiment).")
 FLAGS["steps_per_epoch"].help = ("Training steps per epoch (default: one pass over the "
@@ -63,11 +64,11 @@ def build_model(name: str, *, max_features: int, embedding_dim: int, units: int,
                 mask_zero: bool = False, activation=None, reset_after=None,
                 head: str = "dense") -> layers.Sequential:
   """ids <int32>[batch, time] -> logits <float32>[batch, 1]."""
-  options = layers.lecture_options(_KIND.get(name, name), activation, reset_after)
+  options = variants.lecture_options(_KIND.get(name, name), activation, reset_after)
   return layers.Sequential([
       layers.Embedding(max_features, embedding_dim, mask_zero=mask_zero),
       RECURRENT[name](units, dropout=dropout, recurrent_dropout=recurrent_dropout, **options),
-      *layers.head(head, units),
+      *variants.head(head, units),
   ])
 
 
@@ -87,7 +88,7 @@ def _check_flags():
 def main(argv):
   del argv
   _check_flags()
-  train.set_up(FLAGS)
+  train_flags.set_up(FLAGS)
   settings = dict(max_features=FLAGS.max_features, embedding_dim=FLAGS.embedding_dim,
                   units=FLAGS.units, dropout=FLAGS.dropout,
                   recurrent_dropout=FLAGS.recurrent_dropout, mask_zero=FLAGS.mask_zero,
@@ -97,8 +98,8 @@ def main(argv):
   train.check_models(models, FLAGS.implementation)  # before any workdir or review is read
   root = pathlib.Path(FLAGS.workdir or os.path.join("runs", "imdb_sentiment"))
   train.check_workdir(root)
-  options = {m: train.TrainOptions.from_flags(FLAGS, experiment="imdb_sentiment", model_name=m,
-                                              workdir=str(root / m))
+  options = {m: train_flags.train_options(FLAGS, experiment="imdb_sentiment", model_name=m,
+                                          workdir=str(root / m))
              for m in FLAGS.model}
   # Every model's workdir checked (finished, interrupted: the same flags?) before the
   # reviews are read; each run records --model as its own name.

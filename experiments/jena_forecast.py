@@ -30,7 +30,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from rnn_jax import errors, layers, plots_forecast, train
+from experiments import forecast_plots, train_flags, variants
+from rnn_jax import errors, layers, train
 from rnn_jax.io import files
 from rnn_jax.data import jena, timeseries, windows
 
@@ -40,12 +41,12 @@ L = layers
 
 
 def _options(kind, lecture, **defaults):
-  return {**defaults, **L.lecture_options(kind, lecture.get("activation"),
-                                          lecture.get("reset_after"))}
+  return {**defaults, **variants.lecture_options(kind, lecture.get("activation"),
+                                                 lecture.get("reset_after"))}
 
 
 def _head(units, lecture):
-  return L.head(lecture.get("head", "dense"), units)
+  return variants.head(lecture.get("head", "dense"), units)
 
 
 def _gru(units, dropout, recurrent_dropout, lecture):
@@ -146,9 +147,9 @@ flags.DEFINE_float("dropout", None, "Input dropout of recurrent layers (default:
                    "0.2 for gru_dropout, 0.1 for stacked_gru, else 0).")
 flags.DEFINE_float("recurrent_dropout", None, "Recurrent dropout (default: the model's: 0.2 "
                    "for gru_dropout, 0.5 for stacked_gru, else 0).")
-FLAGS = train.define_flags(batch_size=128, optimizer="rmsprop", learning_rate=1e-3,
-                           epochs=20, steps_per_epoch=LECTURE_STEPS_PER_EPOCH)
-flags.adopt_module_key_flags(train.options)  # --help lists the shared training flags too
+FLAGS = train_flags.define_flags(batch_size=128, optimizer="rmsprop", learning_rate=1e-3,
+                                 epochs=20, steps_per_epoch=LECTURE_STEPS_PER_EPOCH)
+flags.adopt_module_key_flags(train_flags)  # --help lists the shared training flags too
 _LONGER = [name for name, spec in MODELS.items() if spec.build and spec.epochs != 20]
 FLAGS["epochs"].help = f"Epochs (default: 20, and 40 for {', '.join(_LONGER)})."
 FLAGS["steps_per_epoch"].help = "Training batches per epoch, each of random windows."
@@ -329,7 +330,7 @@ def plot_predictions(problem: Problem, batches, apply_fn, params, path, title: s
   predicted = problem.denormalize(np.asarray(jax.jit(apply_fn)(params, x))[:, 0])
   times = None if problem.series.times is None else problem.series.times[target_rows]
   curves = [(name, predicted)] + ([("naive baseline", naive)] if with_naive else [])
-  plots_forecast.predictions(true, curves, times, path, title=title, label=problem.label)
+  forecast_plots.predictions(true, curves, times, path, title=title, label=problem.label)
 
 
 def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
@@ -337,8 +338,8 @@ def plot_series(problem: Problem, workdir: pathlib.Path) -> None:
   values = problem.series.values[:, problem.series.target_index]
   label = problem.label
   files.make_dirs(workdir)
-  plots_forecast.series(values, problem.series.times, workdir / "target.png", label=label)
-  plots_forecast.series(values, problem.series.times, workdir / "target_first_10_days.png",
+  forecast_plots.series(values, problem.series.times, workdir / "target.png", label=label)
+  forecast_plots.series(values, problem.series.times, workdir / "target_first_10_days.png",
                         label=label, first=problem.rows_in_days(10),
                         span=f"the first 10 days ({problem.rows_in_days(10)} rows)")
 
@@ -359,9 +360,9 @@ def plan_model(problem: Problem, model_name: str, root: pathlib.Path) -> Plan:
   if not FLAGS["epochs"].present:
     FLAGS.epochs = spec.epochs  # the model's own default, recorded in its results.json
   try:
-    options = train.TrainOptions.from_flags(FLAGS, experiment=problem.experiment,
-                                            model_name=model_name,
-                                            workdir=str(root / model_name))
+    options = train_flags.train_options(FLAGS, experiment=problem.experiment,
+                                        model_name=model_name,
+                                        workdir=str(root / model_name))
   finally:
     FLAGS.epochs = saved
   # --model is the comparison's; each run records its own.
@@ -427,8 +428,8 @@ def main(argv):
       raise errors.UserError(f"--{name} must be in [0, 1), got {value}")
   if FLAGS.lookback >= 1 and FLAGS.step >= 1 and FLAGS.lookback % FLAGS.step:
     raise errors.UserError(f"--step={FLAGS.step} does not divide --lookback={FLAGS.lookback}")
-  train.check_run_flags(FLAGS)  # the shared flags, before the CSV is read
-  train.set_up(FLAGS)  # before JAX's first computation (checking an implementation is one)
+  train_flags.check(FLAGS)  # the shared flags, before the CSV is read
+  train_flags.set_up(FLAGS)  # before JAX's first computation (checking an implementation is one)
   train.check_models({name: build_model(name)[0] for name in FLAGS.model
                       if MODELS[name].build is not None}, FLAGS.implementation)
   problem = load_problem()

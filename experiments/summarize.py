@@ -22,11 +22,12 @@ from typing import Optional
 
 from absl import flags
 
-from rnn_jax import errors, plots_forecast, train
+from experiments import forecast_plots, train_flags
+from rnn_jax import errors
 from rnn_jax.io.files import write_atomic
 
-# --workdir is the experiments' shared flag (train.define_flags); here: where to search.
-FLAGS = train.define_flags()
+# --workdir is the experiments' shared flag (train_flags.define_flags); here: where to search.
+FLAGS = train_flags.define_flags()
 flags.declare_key_flag("workdir")
 FLAGS["workdir"].help = "The directory to search for results.json files (default: runs)."
 
@@ -176,7 +177,7 @@ def charts(runs: list[dict], root: pathlib.Path) -> list[pathlib.Path]:
             if r["model"] != BASELINE and value(r) is not None]
     stem = "mae" if key.startswith("mae") else ("mse" if label == "MSE" else key)
     name = f"val_{stem}" + ("" if len(by_experiment) == 1 else f"_{experiment}") + ".png"
-    plots_forecast.compare_bars([m for m, _ in bars], [v for _, v in bars], root / name,
+    forecast_plots.compare_bars([m for m, _ in bars], [v for _, v in bars], root / name,
                                 ylabel=f"validation {label}", baseline=baseline,
                                 title=f"{experiment}: validation {label} per model")
     written.append(root / name)

@@ -1,4 +1,4 @@
-"""Activation functions by name, as the lecture lists them.
+"""Activation functions by name: Keras's names, and a leaky ReLU of slope 0.1.
 
 `get("tanh")` returns a function; a callable is passed through unchanged, so every
 `activation=` argument in rnn_jax takes either a name or a function.
@@ -14,7 +14,7 @@ Activation = Callable[[jax.Array], jax.Array]
 
 
 def leaky_relu(x: jax.Array) -> jax.Array:
-  """The lecture's leaky ReLU, max(0.1·x, x). (Keras's default slope is 0.2.)"""
+  """Leaky ReLU of slope 0.1, max(0.1·x, x). (Keras's default slope is 0.2.)"""
   return jnp.maximum(0.1 * x, x)
 
 

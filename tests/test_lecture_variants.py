@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import training_runs as runs
-from experiments import imdb_sentiment
+from experiments import imdb_sentiment, variants
 from rnn_jax import activations, layers
 from rnn_jax.data import imdb
 from test_imdb import REVIEWS, make_archive
@@ -36,7 +36,7 @@ def test_reversed_lstm_reads_each_review_reversed_then_padded(tmp_path):
 
 def test_lecture_options_reach_the_layers():
   build = lambda **options: layers.Sequential([
-      layers.GRU(4, **layers.lecture_options("gru", **options)), *layers.head("maxout", 4)])
+      layers.GRU(4, **variants.lecture_options("gru", **options)), *variants.head("maxout", 4)])
   model = build(activation="leaky_relu", reset_after=False)
   gru, maxout, dense = model.layers
   assert isinstance(maxout, layers.Maxout) and maxout.units == 4
@@ -45,8 +45,8 @@ def test_lecture_options_reach_the_layers():
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 2))
   tanh_gru = build(reset_after=False)
   assert not np.allclose(model.apply(params, x), tanh_gru.apply(params, x))
-  assert layers.lecture_options("lstm", "elu", False) == {"activation": "elu"}
-  assert layers.lecture_options("min_gru", "elu", False) == {}
+  assert variants.lecture_options("lstm", "elu", False) == {"activation": "elu"}
+  assert variants.lecture_options("min_gru", "elu", False) == {}
   assert activations.get("leaky_relu")(jnp.float32(-1.0)) == pytest.approx(-0.1)
 
 

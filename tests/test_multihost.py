@@ -159,7 +159,7 @@ def test_cpu_device_count_fits_the_mesh(num_seeds, batch_size, cores, devices):
 
 
 def test_one_cpu_device_per_core():
-  """`TrainOptions.from_flags` splits the CPU (before JAX computes); XLA_FLAGS' device
+  """`train.cpu_devices_per_core` splits the CPU (before JAX computes); XLA_FLAGS' device
   count, when given, wins."""
   code = ("import jax; from rnn_jax import train; made = train.cpu_devices_per_core(1, 32); "
           "print(made, len(jax.devices()))")

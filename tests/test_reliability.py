@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from experiments import train_flags
 from helpers import sum_batches
 from rnn_jax import errors, layers, train
 from rnn_jax.io import checkpoints, files
@@ -317,10 +318,10 @@ def test_seed_range(seed, ok):
             "num_devices": None, "num_seeds": 1, "num_processes": 1, "validation_split": 0.0,
             "learning_rate": 1e-3, "clip_norm": None, "seed": seed}
   if ok:
-    train.check_flags(values)
+    train_flags.check_values(values)
   else:
     with pytest.raises(UserError, match=r"--seed must be in \[0, 2147483647\]"):
-      train.check_flags(values)
+      train_flags.check_values(values)
 
 
 def test_ctrl_c_before_training_is_one_line_exit_130(capsys):
@@ -450,7 +451,7 @@ def test_flag_checks_are_the_object_checks():
   values = {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "validation_split": 0.0,
             "clip_norm": None, "early_stopping_patience": 0}
   with pytest.raises(UserError) as flag_error:
-    train.check_flags(values)
+    train_flags.check_values(values)
   with pytest.raises(ValueError) as field_error:
     train.TrainOptions(experiment="t", model_name="m", workdir="w", early_stopping_patience=0)
   assert str(flag_error.value) == "--early_stopping_patience must be a positive integer, got 0"

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import train_flags
 from helpers import sum_batches
 from rnn_jax import layers, train
 from rnn_jax.io import checkpoints
@@ -109,7 +110,7 @@ def test_bad_num_seeds_is_named():
   values = dict(epochs=1, batch_size=8, steps_per_epoch=None, validation_steps=None,
                 num_devices=None, validation_split=0.2, learning_rate=1e-3, clip_norm=None)
   with pytest.raises(UserError, match="--num_seeds must be a positive integer, got 0"):
-    train.check_flags({**values, "num_seeds": 0})
+    train_flags.check_values({**values, "num_seeds": 0})
 
 
 def test_summarize_shows_mean_and_std_of_replicas(runs):

@@ -46,7 +46,7 @@ def test_each_experiment_has_its_own_metrics_and_the_run_path(tmp_path):
 
 def test_one_chart_per_experiment_naming_its_metric(tmp_path, monkeypatch):
   drawn = []
-  monkeypatch.setattr(summarize.plots_forecast, "compare_bars",
+  monkeypatch.setattr(summarize.forecast_plots, "compare_bars",
                       lambda names, values, path, **kw: drawn.append((path.name, names, kw)))
   write(tmp_path, "a/naive", "jena_forecast", "naive", forecast(0.29))
   write(tmp_path, "a/gru", "jena_forecast", "gru", forecast(0.25))

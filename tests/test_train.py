@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import train_flags
 from helpers import sum_batches
 from rnn_jax import layers, train
 from rnn_jax.train import metrics, optim
@@ -182,7 +183,7 @@ def test_bad_flag_values_are_named(flag, value, message):
   values = dict(epochs=1, batch_size=8, steps_per_epoch=None, validation_steps=None,
                 num_devices=None, validation_split=0.2, learning_rate=1e-3, clip_norm=None)
   with pytest.raises(UserError) as error:
-    train.check_flags({**values, flag: value})
+    train_flags.check_values({**values, flag: value})
   assert str(error.value).startswith(message)
 
 

@@ -3,9 +3,9 @@ gate layouts (`cells.Gates`: SimpleRNN, LSTM, GRU, a user's gated cell) and the 
 recurrences (`cells.Linear`: minGRU, minLSTM). Opt-in: implementation="pallas".
 
 A `lax.scan` on an accelerator launches a few kernels per step and reads the recurrent
-weights from memory every time; at the lecture's sizes the step's latency, not its
-arithmetic, bounds a training step. Here, as in cuDNN's persistent kernels (Diamos et al.
-2016), one kernel runs every step and holds the weights on chip:
+weights from memory every time; at the experiments' sizes (tens of units) the step's
+latency, not its arithmetic, bounds a training step. Here, as in cuDNN's persistent
+kernels (Diamos et al. 2016), one kernel runs every step and holds the weights on chip:
 
   gated   The input projection x_t @ kernel + bias of every step is one matmul before the
           kernel (XLA). The kernel loads what the step reads of the parameters once (the

@@ -371,9 +371,10 @@ def load(data_path: Optional[PathLike] = None, *, num_words: Optional[int] = 100
          oov_char: Optional[int] = 2, index_from: int = 3, padding: str = "pre",
          truncating: str = "pre", cache_dir: Optional[PathLike] = None,
          reverse: bool = False) -> Imdb:
-  """The lecture's `imdb.load_data(num_words)` followed by `pad_sequences(maxlen)`; with
-  `reverse`, each review reversed first, as the lecture's reversed-sequence LSTM reads
-  them (`[x[::-1] for x in x_train]`, then padded and truncated)."""
+  """Keras's `imdb.load_data(num_words)` followed by `pad_sequences(maxlen)`; with
+  `reverse`, each review reversed first, as the reversed-sequence LSTM of Chollet's Deep
+  Learning with Python (1st ed., §6.3) reads them (`[x[::-1] for x in x_train]`, then
+  padded and truncated)."""
   ranked = load_ranked(data_path, cache_dir=cache_dir)
   (x_train, y_train), (x_test, y_test) = index_like_keras(
       ranked.x_train, ranked.y_train, ranked.x_test, ranked.y_test, num_words=num_words,

@@ -1,4 +1,4 @@
-"""The Jena climate series of the lecture: where it comes from and how it is laid out.
+"""The Jena climate series (Chollet's temperature forecasting): its source and its layout.
 
   path = jena.locate(data_path=None)   # the CSV (or zip) to read; downloads it if needed
   series = timeseries.read_csv(path, jena.csv_spec(allow_irregular_time=jena.is_canonical(path)))
@@ -8,8 +8,9 @@ minutes, 2009-2016; 420,551 rows) comes zipped from the URL Keras's examples use
 sha256 of that zip is published, so the extracted CSV is recognised by its git blob id
 (`git hash-object`), which public copies record; the download is kept only if its CSV
 matches. A copy in another form (line endings, re-saved by pandas) is recognised by its
-content: header, row count, first and last timestamps. The canonical file has gaps and repeated timestamps; the lecture takes its rows
-as evenly spaced, and so does `csv_spec` for it.
+content: header, row count, first and last timestamps. The canonical file has gaps and
+repeated timestamps; Chollet's generator (Deep Learning with Python, 1st ed., §6.3) takes
+its rows as evenly spaced, and so does `csv_spec` for it.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ TARGET = "T (degC)"
 TIME_COLUMN = "Date Time"
 TARGET_UNIT = "degC"
 SPLIT = timeseries.Split(train_end=200000, val_end=300000)
-# The lecture's windows: 10 days back, one sample per hour, the temperature 24 hours ahead.
+# The Jena defaults (Chollet's windows): 10 days back, one sample per hour, the
+# temperature 24 hours ahead.
 LOOKBACK, STEP, DELAY = 1440, 6, 144
 
 
@@ -62,8 +64,8 @@ ROWS, FIRST_TIME, LAST_TIME = 420_551, "01.01.2009 00:10:00", "01.01.2017 00:00:
 
 
 def is_canonical(path) -> bool:
-  """Whether `path` (a CSV, or a zip holding one) is the Jena CSV of the lecture: the
-  canonical bytes (its git blob id), or the same content in another form (`same_content`)."""
+  """Whether `path` (a CSV, or a zip holding one) is the canonical Jena CSV: its
+  bytes (its git blob id), or the same content in another form (`same_content`)."""
   path = pathlib.Path(path)
   try:
     if path.suffix.lower() == ".zip":

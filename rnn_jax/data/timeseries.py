@@ -14,8 +14,9 @@ an editor numbers it: the header is line 1) and the column. Policies:
     `fill_missing` is "interpolate" (linear in the row index) or "ffill" (the last value;
     leading gaps take the first value);
   * duplicated or decreasing timestamps, and uneven spacing, are errors unless
-    `allow_irregular_time`, which takes the rows as evenly spaced as the lecture does on
-    the Jena file (that file has both gaps and repeats);
+    `allow_irregular_time`, which takes the rows as evenly spaced as Chollet's generator
+    (Deep Learning with Python, 1st ed., §6.3) does on the Jena file (that file has both
+    gaps and repeats);
   * a column counts as numeric when most of its filled cells are numbers; text columns
     (a wind direction "NNW", a station name) are left out of the default features;
   * a trailing unnamed, empty column (a spreadsheet's comma at the end of every line) is
@@ -30,6 +31,7 @@ import contextlib
 import csv
 import dataclasses
 import io
+import logging
 import pathlib
 import zipfile
 import zlib
@@ -37,7 +39,6 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from absl import logging
 
 from rnn_jax.errors import UserError
 
@@ -89,7 +90,7 @@ class Series:
 
 @dataclasses.dataclass(frozen=True)
 class Normalization:
-  """(x - mean) / std per column, from the training rows only (as the lecture does).
+  """(x - mean) / std per column, from the training rows only (as Chollet's §6.3 does).
 
   A constant column (std 0) is divided by 1 instead, so it becomes 0, never NaN.
   """
@@ -425,7 +426,7 @@ def read_csv(path, spec: CsvSpec) -> Series:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Row indices that end the training and validation parts (the lecture's 200000, 300000)."""
+  """Row indices that end the training and validation parts (the Jena defaults: 200000, 300000)."""
   train_end: int
   val_end: int
 

@@ -1,4 +1,4 @@
-"""Windows over a series, exactly as the lecture's `generator` (Chollet, DLwP 1st ed. §6.3).
+"""Windows over a series, exactly as Chollet's `generator` (Deep Learning with Python, 1st ed.).
 
 A sample ending at row `r` is `data[r - lookback : r : step]` <float32>[time, features]
 with `time = len(range(-lookback, 0, step))`; its target is `data[r + delay, target]`.
@@ -9,16 +9,16 @@ Three generators share one array:
   test   min_index val_end + 1,   max_index rows - delay - 1  rows in order
 
 Random rows are drawn from [min_index + lookback, max_index) (`integers(lo, hi, size=
-batch_size)` of a numpy Generator, the lecture's `np.random.randint`); rows in order start
-at min_index + lookback and restart there when `i + batch_size >= max_index`. The lecture's
-step counts: val_steps = (val_end - (train_end + 1) - lookback) // batch_size and
+batch_size)` of a numpy Generator, the generator's `np.random.randint`); rows in order start
+at min_index + lookback and restart there when `i + batch_size >= max_index`. Its step
+counts: val_steps = (val_end - (train_end + 1) - lookback) // batch_size and
 test_steps = (rows - (val_end + 1) - lookback) // batch_size.
 
 Speed: a window's rows are `step` rows apart, so cutting it from `data` copies `time`
 scattered rows of `features` values. `gather` instead reads a copy of the data laid out
 phase-major (`WindowLayout`): rows r ≡ p (mod step) stored consecutively, so that every window
 is one contiguous block of <float32>[time, features] and a batch is one fancy index over
-`batch_size` blocks, about 30x the lecture generator's windows/s (benchmarks/run.py
+`batch_size` blocks, about 30x Chollet's generator's windows/s (benchmarks/run.py
 --sections=sampler). The layout is built on first use and shared by every sampler over the
 same array until that array is freed; it is a snapshot, so `data` must not change after.
 """
@@ -37,7 +37,7 @@ from rnn_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Bounds:
-  """A generator's [min_index, max_index) as the lecture passes them."""
+  """A generator's [min_index, max_index) as Chollet's §6.3 passes them."""
   min_index: int
   max_index: int
 
@@ -51,13 +51,13 @@ def generator_bounds(num_rows: int, train_end: int, val_end: int,
 
 def random_rows(rng: np.random.Generator, bounds: Bounds, lookback: int,
                 batch_size: int) -> np.ndarray:
-  """<int64>[batch_size] end rows, one draw of the lecture's `shuffle=True` branch."""
+  """<int64>[batch_size] end rows, one draw of the generator's `shuffle=True` branch."""
   return rng.integers(bounds.min_index + lookback, bounds.max_index, size=batch_size)
 
 
 def ordered_rows(bounds: Bounds, lookback: int, batch_size: int,
                  steps: int) -> Iterator[np.ndarray]:
-  """The end rows of `steps` consecutive batches of the lecture's `shuffle=False` branch."""
+  """The end rows of `steps` consecutive batches of the generator's `shuffle=False` branch."""
   start = bounds.min_index + lookback
   i = start
   for _ in range(steps):
@@ -127,7 +127,7 @@ def gather(data: np.ndarray, rows: np.ndarray, *, lookback: int, step: int, dela
   """(samples <float32>[len(rows), time, features], targets <float32>[len(rows), 1]).
 
   Sample j is `data[rows[j] - lookback : rows[j] : step]`, flipped along time when
-  `reverse` (the lecture's reversed-order GRU); its target `data[rows[j] + delay, target_index]`.
+  `reverse` (§6.3's reversed-order GRU); its target `data[rows[j] + delay, target_index]`.
   """
   time = len(range(-lookback, 0, step))
   samples = layout(data, time=time, step=step, reverse=reverse).windows(rows - lookback)
@@ -164,7 +164,8 @@ class WindowBatches:
                  steps_per_epoch: int, val_steps: Optional[int] = None,
                  test_steps: Optional[int] = None, reverse: bool = False,
                  source: str = "the data") -> "WindowBatches":
-    """Batches for a split at rows `train_end`, `val_end`, the lecture's step counts by default.
+    """Batches for a split at rows `train_end`, `val_end`; the generator's step counts by
+    default.
 
     Raises UserError when a part is too short for one window plus its target.
     """
@@ -176,22 +177,22 @@ class WindowBatches:
     num_rows = len(data)
     train, val, test = generator_bounds(num_rows, train_end, val_end, delay)
     need = lookback + delay + batch_size
-    lecture_val_steps = (val.max_index - val.min_index - lookback) // batch_size
-    lecture_test_steps = (num_rows - test.min_index - lookback) // batch_size
+    default_val_steps = (val.max_index - val.min_index - lookback) // batch_size
+    default_test_steps = (num_rows - test.min_index - lookback) // batch_size
     problems = []
     if train.max_index - train.min_index <= lookback or train_end + delay >= num_rows:
       problems.append(f"training rows 0..{train_end - 1} hold no window")
-    if lecture_val_steps < 1 or val_end - 1 + delay >= num_rows:
+    if default_val_steps < 1 or val_end - 1 + delay >= num_rows:
       problems.append(f"validation rows {val.min_index}..{val.max_index - 1} hold no batch")
     if problems:
       raise UserError(f"{source}: {num_rows} rows are too few for --lookback={lookback} "
                       f"--delay={delay} --batch_size={batch_size} (each part needs about "
                       f"{need} rows): {'; '.join(problems)}")
-    has_test = test.max_index > test.min_index + lookback and lecture_test_steps >= 1
+    has_test = test.max_index > test.min_index + lookback and default_test_steps >= 1
     return cls(data, target_index, train, val, test, lookback=lookback, step=step,
                delay=delay, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-               val_steps=lecture_val_steps if val_steps is None else val_steps,
-               test_steps=(lecture_test_steps if test_steps is None else test_steps)
+               val_steps=default_val_steps if val_steps is None else val_steps,
+               test_steps=(default_test_steps if test_steps is None else test_steps)
                if has_test else 0,
                reverse=reverse)
 

@@ -1,7 +1,7 @@
 """Training, as a package of small modules:
 
-  options    the shared absl flags and `TrainOptions` (no side effects)
-  runtime    set-up before JAX computes: processes joined, one CPU device per core,
+  options    `TrainOptions` and the rules its settings must meet
+  runtime    what a program may set up before JAX computes: one CPU device per core,
              the allocator told to keep freed memory
   placement  the mesh, the shardings, and how the devices' gradients are added
   step       `TrainState`, the train step over it, the evaluation step
@@ -13,21 +13,22 @@
   runs       an experiment's models planned and checked before any trains (resume as a whole)
   fit        `fit`, the loop that ties them together
 
-  FLAGS = train.define_flags(epochs=10, batch_size=128)
-  train.set_up(FLAGS)                                   # first thing in main
-  options = train.TrainOptions.from_flags(FLAGS, experiment="imdb", model_name="lstm")
+  options = train.TrainOptions(experiment="imdb", model_name="lstm", workdir="runs/imdb/lstm",
+                               epochs=10)
   result = train.fit(model, batches, loss="bce_logits", metrics=("accuracy",), options=options)
+
+The experiments' command-line flags, and how they become `TrainOptions`, are theirs
+(experiments/train_flags.py).
 """
 from rnn_jax.train import options, provenance
 from rnn_jax.train.fit import FitResult, check_model, fit, train_batches
-from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions, check_flags, define_flags
+from rnn_jax.train.options import RESUMABLE_FLAGS, TrainOptions
 from rnn_jax.train.placement import Placement, put
 from rnn_jax.train.results import write_results
 from rnn_jax.train.rundir import Diverged, Interrupted
 from rnn_jax.train.runs import ModelRun, check_models, check_names, check_workdir
 from rnn_jax.train.runs import plan as plan_runs
-from rnn_jax.train.runtime import check as check_run_flags
 from rnn_jax.train.runtime import (MAX_CPU_DEVICES, cpu_device_count, cpu_devices_per_core,
-                                  keep_freed_memory, set_up)
+                                  keep_freed_memory)
 from rnn_jax.train.step import (TrainState, evaluate, init_params, init_state, make_eval_step,
                                 make_train_step, run_eval)

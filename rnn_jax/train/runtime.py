@@ -1,8 +1,9 @@
-"""Runtime set-up before JAX's first computation: join the processes, make the devices.
+"""Process-wide set-up that a program chooses before JAX's first computation.
 
-Each experiment's `main` calls `set_up(FLAGS)` first thing; a library user who wants one
-CPU device per core calls `cpu_devices_per_core` before computing. `fit` itself calls
-`keep_freed_memory`.
+A program that wants one CPU device per core calls `cpu_devices_per_core` before
+computing, and `keep_freed_memory` to keep the C allocator's freed memory; processes
+join through `rnn_jax.distributed.initialize`. `fit` calls none of them (the
+experiments do, in `experiments.train_flags.set_up`).
 """
 from __future__ import annotations
 
@@ -13,34 +14,11 @@ import os
 import sys
 
 import jax
-from absl import flags
-
-from rnn_jax import distributed
-from rnn_jax.errors import UserError
-from rnn_jax.train.options import check_flags
 
 # At most this many CPU devices: each step copies every device's gradient to every other
 # (placement.rotated_shards), n(n - 1) copies dispatched by the host, and 8 rows per
 # device of a batch of 64 are already few. (Measured on 2 cores only.)
 MAX_CPU_DEVICES = 8
-
-
-def check(flag_values: flags.FlagValues) -> dict:
-  """The shared flags' values, checked without side effects (an experiment calls it before
-  it reads or tokenizes data): a bad value, or a batch that does not split over
-  --num_devices, is a one-line `UserError`."""
-  values = {name: flag_values[name].value for name in flag_values}
-  check_flags(values)
-  devices, num_seeds = values["num_devices"], values["num_seeds"]
-  # Before JAX makes its devices (a CPU gets as many as the batch splits into, so a batch
-  # that does not split over --num_devices would otherwise read as too few devices).
-  if (devices and devices <= MAX_CPU_DEVICES
-      and values["batch_size"] % (devices // math.gcd(num_seeds, devices))):
-    data_axis = devices // math.gcd(num_seeds, devices)
-    shared = f" left to the data by {num_seeds} seeds" if data_axis != devices else ""
-    raise UserError(f"--batch_size={values['batch_size']} is not divisible by the {data_axis} "
-                    f"devices{shared} of --num_devices={devices}")
-  return values
 
 
 # glibc's mallopt parameters, and what keep_freed_memory sets them to.
@@ -70,23 +48,12 @@ def keep_freed_memory() -> bool:
   return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TOP_PAD, _TOP_PAD))
 
 
-def set_up(flag_values: flags.FlagValues) -> None:
-  """Joins the other processes (--num_processes > 1) or, in one process, makes one CPU
-  device per core; bad shared flags raise a one-line `UserError` first (`check`)."""
-  values = check(flag_values)
-  distributed.initialize(values["coordinator_address"], values["num_processes"],
-                         values["process_id"])
-  if values["num_processes"] == 1:
-    cpu_devices_per_core(values["num_seeds"], values["batch_size"])
-  keep_freed_memory()
-
-
 def cpu_devices_per_core(num_seeds: int, batch_size: int) -> int:
   """On a CPU, one device per core for training; returns the number of devices made.
 
   XLA runs a CPU device's program on one core, so a run on JAX's single CPU device
   leaves the other cores idle. Here the mesh gets one device per core, up to
-  `MAX_CPU_DEVICES` (`cpu_device_count`): replicas of --num_seeds spread over them
+  `MAX_CPU_DEVICES` (`cpu_device_count`): the `num_seeds` replicas spread over them
   first, and the rest split each batch. Made as jax's CPU devices
   (`jax_num_cpu_devices`), only before JAX's first computation and when XLA_FLAGS does
   not already set the number of CPU devices; GPU and TPU backends are untouched.

@@ -1,4 +1,4 @@
-"""The forecasting plots: the target series, predictions against the truth, models compared."""
+"""The experiments' forecasting figures (series, predictions) and summarize's bar chart."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rnn_jax.analysis.plots import _save_atomic, plt
+from rnn_jax.analysis.plots import _save_atomic, plt  # pylint: disable=protected-access
 
 
 def series(values: np.ndarray, times: Optional[np.ndarray], path: os.PathLike, *,
