@@ -21,7 +21,7 @@ from pathlib import Path
 from absl import flags
 
 from benchmarks import run as run_lib
-from rnn_jax import errors
+from experiments import command
 from rnn_jax.errors import UserError
 
 # --tasks, --frameworks (default here: rnn_jax), --rounds and --steps are benchmarks.run's.
@@ -78,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  command.run(main)

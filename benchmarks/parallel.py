@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import cells, errors, parallel
+from experiments import command
+from rnn_jax import cells, parallel
 from rnn_jax.errors import UserError
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1000", "10000", "100000"], "Sequence lengths.")
@@ -168,4 +169,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  command.run(main)

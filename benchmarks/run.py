@@ -48,7 +48,7 @@ from absl import flags
 
 from benchmarks import tasks as tasks_lib
 from benchmarks.lecture_generator import lecture_generator
-from rnn_jax import errors
+from experiments import command
 from rnn_jax.errors import UserError
 
 IMPLEMENTATIONS = ("rnn_jax_per_gate", "rnn_jax_fused", "rnn_jax_scan", "rnn_jax_native",
@@ -348,4 +348,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  command.run(main)

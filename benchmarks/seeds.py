@@ -26,7 +26,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from rnn_jax import errors, layers, train
+from experiments import command
+from rnn_jax import layers, train
 from rnn_jax.train import optim
 
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 4, "Seeds trained together.", lower_bound=2)
@@ -114,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  command.run(main)

@@ -9,7 +9,7 @@ import sys as _sys
 
 
 def _interrupted_while_starting(signum, frame):  # pylint: disable=unused-argument
-  """Ctrl-C while the experiment's imports load (before `errors.run` takes over): the same
+  """Ctrl-C while the experiment's imports load (before `command.run` takes over): the same
   one line and exit status 130 as later, before training."""
   _sys.stderr.write("error: interrupted (Ctrl-C)\n")
   _sys.stderr.flush()

@@ -16,7 +16,7 @@ import pathlib
 
 from absl import flags
 
-from experiments import train_flags, variants
+from experiments import command, train_flags, variants
 from rnn_jax import errors, layers, train
 from rnn_jax.analysis import plots
 from rnn_jax.data import adding
@@ -109,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  command.run(main)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from experiments import train_flags
+from experiments import command, train_flags
 from rnn_jax import cells, errors, layers, train
 from rnn_jax.io import checkpoints, files
 from rnn_jax.analysis import diagnostics
@@ -282,4 +282,4 @@ def _table(report: dict) -> str:
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  command.run(main)

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments import forecast_plots, train_flags, variants
+from experiments import command, forecast_plots, train_flags, variants
 from rnn_jax import errors, layers, train
 from rnn_jax.io import files
 from rnn_jax.data import jena, timeseries, windows
@@ -457,4 +457,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  command.run(main)

@@ -19,6 +19,7 @@ import pathlib
 import numpy as np
 from absl import flags
 
+from experiments import command
 from rnn_jax import errors
 from rnn_jax.io import files
 
@@ -130,4 +131,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  command.run(main)

@@ -22,7 +22,7 @@ from typing import Optional
 
 from absl import flags
 
-from experiments import forecast_plots, train_flags
+from experiments import command, forecast_plots, train_flags
 from rnn_jax import errors
 from rnn_jax.io.files import write_atomic
 
@@ -200,4 +200,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  command.run(main)

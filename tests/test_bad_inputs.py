@@ -1,6 +1,6 @@
 """Bad input, end to end: one line naming the culprit, exit != 0, no traceback, nothing written.
 
-Each case runs an experiment's real entry point (`errors.run(main)`, absl flag parsing
+Each case runs an experiment's real entry point (`command.run(main)`, absl flag parsing
 included) in its own process, with its own --workdir and RNN_JAX_DATA_CACHE under
 tmp_path. A process per case would spend ~2.5 s importing JAX, so one driver process per
 experiment imports it once and forks a child per case (`_DRIVER`): the child parses the
@@ -47,7 +47,7 @@ name, cases_path, results_path = sys.argv[1:]
 with open(cases_path) as f:
   cases = json.load(f)
 module = importlib.import_module(name)
-from rnn_jax import errors
+from experiments import command
 results = []
 for case in cases:
   with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
@@ -63,7 +63,7 @@ for case in cases:
       sys.argv = [name, *case["argv"]]
       code = 0
       try:
-        errors.run(module.main)
+        command.run(module.main)
       except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
       except BaseException:

@@ -20,9 +20,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import train_flags
+from experiments import command, train_flags
 from helpers import sum_batches
-from rnn_jax import errors, layers, train
+from rnn_jax import layers, train
 from rnn_jax.io import checkpoints, files
 from rnn_jax.analysis import plots
 from rnn_jax.data import imdb, timeseries
@@ -328,7 +328,7 @@ def test_ctrl_c_before_training_is_one_line_exit_130(capsys):
   def main(argv):
     raise KeyboardInterrupt
   with pytest.raises(SystemExit) as exit_:
-    errors._guarded(main)([])  # pylint: disable=protected-access
+    command._guarded(main)([])  # pylint: disable=protected-access
   assert exit_.value.code == 130
   assert capsys.readouterr().err.strip().splitlines() == ["error: interrupted (Ctrl-C)"]
 
@@ -690,7 +690,7 @@ def test_anticipated_errors_are_one_line_exit_2(capsys, raised, line):
   def main(argv):
     raise raised
   with pytest.raises(SystemExit) as exit_:
-    errors._guarded(main)([])  # pylint: disable=protected-access
+    command._guarded(main)([])  # pylint: disable=protected-access
   assert exit_.value.code == 2
   assert capsys.readouterr().err.splitlines() == [line]
 
@@ -699,7 +699,7 @@ def test_a_bug_is_still_a_traceback():
   def main(argv):
     raise KeyError("a bug")
   with pytest.raises(KeyError):
-    errors._guarded(main)([])  # pylint: disable=protected-access
+    command._guarded(main)([])  # pylint: disable=protected-access
 
 
 # ------------------------------------ issue 26: a full disk at the best checkpoint's write
