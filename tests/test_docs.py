@@ -199,3 +199,14 @@ def test_mkdocs_build_strict(tmp_path):
   assert (tmp_path / "site" / "api" / "core" / "index.html").is_file()
   core = (tmp_path / "site" / "api" / "core" / "index.html").read_text(encoding="utf-8")
   assert 'id="rnn_jax.recurrent.unroll"' in core  # the reference rendered the docstrings
+  # README.md is not part of the site, so mkdocs does not check its links into docs/:
+  # each must name a page of the site, and an anchor that page has.
+  readme = (REPO / "README.md").read_text(encoding="utf-8")
+  for target in re.findall(r"\]\((docs/[^)\s]+)\)", readme):
+    path, _, anchor = target.partition("#")
+    assert (REPO / path).is_file(), f"README.md links to {target}: no such file"
+    if path.endswith(".md"):
+      page = pathlib.Path(path[len("docs/"):-len(".md")])
+      page = page.parent if page.name == "index" else page
+      html = (tmp_path / "site" / page / "index.html").read_text(encoding="utf-8")
+      assert not anchor or f'id="{anchor}"' in html, f"README.md links to {target}: no anchor"
