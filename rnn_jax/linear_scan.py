@@ -123,8 +123,9 @@ def sequential(a: Array, b: Array, h0: Array) -> Array:
   Its derivative is written out rather than left to autodiff of `lax.scan`: the forward
   loop saves h_{t-1} alone, and the backward pass is the adjoint recurrence
   d_t = g_t + a_{t+1} d_{t+1}, one more loop of a multiply-add per step, followed by
-  da = d * h_{t-1}, db = d over the whole sequence (1.5-2x faster than autodiff of the
-  scan on CPU, docs/performance.md)."""
+  da = d * h_{t-1}, db = d over the whole sequence. Autodiff of the scan saves and
+  re-reads more than h_{t-1} at every step, which costs more than this second loop on a
+  CPU (docs/performance.md has the numbers)."""
   return a * _previous_states(a, b, h0) + b
 
 

@@ -25,9 +25,9 @@ are never differentiated. If Newton does not converge within `max_iter` (or goes
 non-finite), the sequential `lax.scan` result is returned instead, with a warning.
 `max_iter` defaults to T, where every method converges in exact arithmetic. In float32 the
 damped methods can stall instead: ELK on a trained LSTM at T = 1,000 ran all 1,000
-iterations without converging (257 s, where the loop takes milliseconds), while quasi-DEER
-and ELK on other cells need hundreds of cheap iterations and get there. For long
-sequences, set `max_iter` to what a solve may cost.
+iterations without converging, many times the loop's cost, while quasi-DEER and ELK on
+other cells need hundreds of cheap iterations and get there. For long sequences, set
+`max_iter` to what a solve may cost (docs/performance.md has the timings).
 """
 from __future__ import annotations
 

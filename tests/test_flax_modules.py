@@ -1,8 +1,7 @@
 """rnn_jax cells as Flax modules: `nn.RNN` and `nnx.RNN` over a wrapped cell equal
-rnn_jax's layers with the same parameters; the README's Flax example trains; and
-`import rnn_jax` does not import Flax."""
+rnn_jax's layers with the same parameters; and `import rnn_jax` does not import Flax.
+(The guide's Flax example, docs/guide/flax.md, is run and checked by test_docs.)"""
 import pathlib
-import re
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ flax_modules = pytest.importorskip("rnn_jax.interop.flax")
 import flax.linen as nn  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+REPO = pathlib.Path(__file__).resolve().parent.parent
 CASES = [("gru", cells.gru, layers.GRU), ("gru_reset_before", lambda: cells.gru(reset_after=False),
                                           lambda u, **kw: layers.GRU(u, reset_after=False, **kw)),
          ("lstm", cells.lstm, layers.LSTM), ("simple_rnn", cells.simple_rnn, layers.SimpleRNN),
@@ -66,23 +65,12 @@ def test_a_users_own_cell_drops_into_nn_rnn():
   np.testing.assert_allclose(rnn.apply(variables, x), y, atol=1e-6)
 
 
-def test_readme_flax_example_trains(capsys):
-  text = README.read_text()
-  section = text.split("## Using rnn_jax cells in Flax", 1)[1].split("\n## ", 1)[0]
-  [block] = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-  namespace = {}
-  exec(compile(block, str(README), "exec"), namespace)  # pylint: disable=exec-used
-  printed = capsys.readouterr().out
-  assert namespace["loss"] < 0.5 * namespace["first"]
-  assert "'recurrent_kernel': (16, 48)" in printed
-
-
 def test_import_rnn_jax_does_not_import_flax():
   done = subprocess.run(
       [sys.executable, "-c", "import sys, rnn_jax, rnn_jax.layers, rnn_jax.train, "
        "rnn_jax.io.predictor, rnn_jax.io.export; print(sorted(m for m in sys.modules if "
        "m.split('.')[0] == 'flax'))"], capture_output=True, text=True, timeout=300,
-      cwd=README.parent)
+      cwd=REPO)
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip() == "[]"
 

@@ -61,7 +61,7 @@ def test_cli_runs_the_experiment_of_the_checkout(tmp_path):
 @pytest.mark.slow
 def test_a_bare_install_runs_the_plain_jax_example(tmp_path):
   """`pip install .` (no extras) in a fresh virtual environment: only rnn_jax is
-  installed, its cells import and the README's plain-JAX example runs, without pandas,
+  installed, its cells import and the guide's plain-JAX example runs, without pandas,
   matplotlib or orbax; `rnn-jax` outside a checkout says what to do. Needs PyPI (jax)."""
   env_dir = tmp_path / "venv"
   venv.create(env_dir, with_pip=True)
@@ -69,8 +69,8 @@ def test_a_bare_install_runs_the_plain_jax_example(tmp_path):
   done = _python("-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                  str(REPO), python=python, cwd=tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]
-  readme = (REPO / "README.md").read_text()
-  example = readme.split("## Reusing the cells in plain JAX", 1)[1].split("```python\n", 1)[1]
+  page = (REPO / "docs" / "guide" / "cells.md").read_text()
+  example = page.split("## A GRU under `scan`, `vmap` and `grad`", 1)[1].split("```python\n", 1)[1]
   example = example.split("```", 1)[0]
   check = (
       "import importlib.util\n"

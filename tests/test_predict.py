@@ -211,26 +211,27 @@ def test_adding_run_predicts_arrays_and_bad_runs_are_one_line(tmp_path):
       f"error: {tmp_path / 'no'}: no such run directory"]
 
 
-# --- the README ----------------------------------------------------------------------------
+# --- the guide ---------------------------------------------------------------------------
 
 @pytest.mark.e2e
-def test_readme_using_a_trained_model_runs(imdb_run, tmp_path, monkeypatch, capsys):
-  import re
+def test_guide_loads_a_run_of_the_experiment(imdb_run, tmp_path, monkeypatch, capsys):
+  """docs/guide/using-a-model.md's loading, export and jax-only blocks on a run that
+  `experiments.imdb_sentiment` trained (test_docs runs them on the page's own tiny run)."""
   import shutil
+  from test_docs import python_blocks
   tmp, _ = imdb_run
   shutil.copytree(tmp / "run" / "lstm", tmp_path / "runs" / "imdb_sentiment" / "lstm")
   monkeypatch.chdir(tmp_path)
-  text = (REPO / "README.md").read_text()
-  section = text.split("## Using a trained model", 1)[1].split("\n## ", 1)[0]
-  blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-  assert len(blocks) == 2
+  blocks = [b for b in python_blocks(REPO / "docs" / "guide" / "using-a-model.md")
+            if "train.fit(" not in b.code]
+  assert len(blocks) == 3
   namespace = {}
   for block in blocks:
-    exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    exec(compile(block.code, block.name, "exec"), namespace)  # pylint: disable=exec-used
   printed = capsys.readouterr().out.splitlines()
   assert printed[0].startswith("(2, 20) [")  # the run's maxlen
   assert printed[1] == "lstm {'bias': (16,), 'kernel': (4, 16), 'recurrent_kernel': (4, 16)}"
-  assert printed[2] == str(namespace["probabilities"].round(3))
+  assert printed[2] == str(namespace["probabilities"].round(3))  # the exported model's
   assert (tmp_path / "lstm.jax").is_file()
 
 

@@ -61,9 +61,9 @@ def step_gradient_norms(cell, params, xs: Array, units: int, *,
     initial_carry: the carry before the first step; the cell's (zeros) by default.
 
   Returns:
-    {"d_inputs": <float32>[time], ||dL/dx_t|| over batch and features,
-     "d_states": <float32>[time], ||dL/dh_t|| over batch and every leaf of the carry
-       after step t (for an LSTM, h and c together)}.
+    A dict of two arrays: "d_inputs" <float32>[time], ||dL/dx_t|| over batch and
+    features; "d_states" <float32>[time], ||dL/dh_t|| over batch and every leaf of the
+    carry after step t (for an LSTM, h and c together).
 
   The step's output y_t is taken to be the leaf of its new carry that it returns as
   y_t, the same array (h: every cell of rnn_jax.cells does so). For a

@@ -2,11 +2,12 @@
 backend (`rnn_jax.backends.native`), which only an explicit implementation="native" uses.
 
 On a CPU, XLA computes minGRU's layer as several passes over [time, batch, units] arrays;
-where those are larger than the L2 cache, memory traffic bounds the step, and on a VM with
-little bandwidth per core, two devices barely run faster than one. A kernel that walks
-one batch row at a time keeps that row's projection, gates and recurrence in L1, and its
-forward and backward passes read little more than the inputs (docs/performance.md). It is
-an optional speed path, as recurrentgemma's scan kernels are:
+where those are larger than the L2 cache, memory traffic bounds the step, and on a
+machine with little memory bandwidth per core, several devices slow each other down. A
+kernel that walks one batch row at a time keeps that row's projection, gates and
+recurrence in L1, and its forward and backward passes read little more than the inputs
+(docs/performance.md has the measurements). It is an optional speed path, as
+recurrentgemma's scan kernels are:
 
   * `supports(cell)`: a cell this package has a kernel for (today minGRU). The kernel
     computes exactly the cell's arithmetic, and tests/test_cpu_kernels.py holds it to the

@@ -332,7 +332,7 @@ def _ranked_archive(path: pathlib.Path, source: object, cache_dir: pathlib.Path)
       return _load_ranked(cached)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
       logging.warning("ignoring unreadable cache %s (%s)", cached, e)
-  # Shown at any verbosity: it takes tens of seconds, the first time only.
+  # Shown at any verbosity: tokenizing 50,000 reviews is the slow part of a first run.
   print(f"tokenizing the reviews of {path} (once; cached in {cached})", flush=True)
   if os.environ.get("RNN_JAX_TEST_KILL_AT") == "tokenize":  # fault injection for tests
     os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("RNN_JAX_TEST_KILL_SIGNAL",

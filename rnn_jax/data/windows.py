@@ -18,8 +18,9 @@ Speed: a window's rows are `step` rows apart, so cutting it from `data` copies `
 scattered rows of `features` values. `gather` instead reads a copy of the data laid out
 phase-major (`WindowLayout`): rows r ≡ p (mod step) stored consecutively, so that every window
 is one contiguous block of <float32>[time, features] and a batch is one fancy index over
-`batch_size` blocks, about 30x Chollet's generator's windows/s (benchmarks/run.py
---sections=sampler). The layout is built on first use and shared by every sampler over the
+`batch_size` blocks instead of `batch_size * time` scattered rows (`benchmarks.run
+--sections=sampler` compares it with Chollet's generator; docs/performance.md has the
+numbers). The layout is built on first use and shared by every sampler over the
 same array until that array is freed; it is a snapshot, so `data` must not change after.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ the epoch's loss totals on the device and reads them back without waiting for th
 terminal) and hands the metrics to `logs.RunLogs` (TensorBoard, metrics.csv).
 
 The first train step of a session compiles the step: its time is reported once
-("compiled the train step in 3.1 s") and left out of steps/s and of the ETA.
+("compiled the train step in N s") and left out of steps/s and of the ETA.
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ import jax
 
 # At most this many CPU devices: each step copies every device's gradient to every other
 # (placement.rotated_shards), n(n - 1) copies dispatched by the host, and 8 rows per
-# device of a batch of 64 are already few. (Measured on 2 cores only.)
+# device of a batch of 64 are already few. (A bound by reasoning: only 2 devices have been
+# timed; docs/performance.md, "Several CPU devices in one process".)
 MAX_CPU_DEVICES = 8
 
 
@@ -34,9 +35,10 @@ def keep_freed_memory() -> bool:
   XLA's CPU runtime allocates each execution's temporaries as one block, tens of MB for a
   whole sequence's arrays (minLSTM on IMDB: 500 steps x 64 rows x 32 units per array).
   Above glibc's mmap threshold (at most 32 MB) each step maps fresh pages and faults
-  every one of them in: half of that step's time (docs/performance.md, "the allocator").
-  Blocks below 256 MB now come from the heap, which keeps 64 MB spare at its top. The
-  cost is memory: a process keeps its peak heap rather than returning it.
+  every one of them in, which can take as long as the step's arithmetic
+  (docs/performance.md, "The allocator", has the numbers). Blocks below 256 MB now come
+  from the heap, which keeps 64 MB spare at its top. The cost is memory: a process keeps
+  its peak heap rather than returning it.
   """
   if not sys.platform.startswith("linux"):
     return False
