@@ -112,6 +112,7 @@ class Run:
 
   @property
   def stopping(self) -> bool:
+    """Whether a callback or Ctrl-C asked the run to stop."""
     return self.stop_reason is not None or self._sigint.requested
 
   @property
@@ -186,7 +187,8 @@ class Run:
                                          self.state.params, self.best_params)
     self.state = self.state._replace(totals=new_totals(self.placement, self._loss,
                                                        self._metrics))
-    self.rows, self.improved, self.totals = [r["history"][-1] for r in self.replicas], improved, totals
+    self.rows = [replica["history"][-1] for replica in self.replicas]
+    self.improved, self.totals = improved, totals
     self.epochs_done, self.step, self._epoch_seconds_before = self.epoch, 0, 0.0
 
   # ------------------------------------------------------------------------------ end
