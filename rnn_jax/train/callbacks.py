@@ -8,8 +8,13 @@ history, the checkpoint's meta, `run.stop(reason)`):
   on_epoch_start(run)        run.epoch is starting, at run.step (> 0 when resumed mid-epoch)
   on_step(run, step, totals) after dispatching step `step` (1-based) of run.epoch
   on_epoch_end(run)          the epoch trained and validated: run.rows, run.improved
-  on_stop(run)               the run ends before its last epoch (`Run.stop`, Ctrl-C)
+  on_stop(run)               the run ends before its last epoch: run.stop_reason (then
+                             on_run_end), or Ctrl-C (run.interrupted; then `Interrupted`)
   on_run_end(run)            run.results is results.json's content, for the last words
+
+The loop looks for a stop (`run.stop(reason)`, Ctrl-C) before the first epoch, after
+every step and after every epoch; `fit` says what each does. An error (`Diverged`, a
+full disk, Ctrl-C's `Interrupted`) ends the run with no further hook.
 
 `totals` are the epoch's running sums on the device (<float32>[] or <[num_seeds]> each:
 "loss", every metric, "count", "steps", ...); the next step takes them (they are

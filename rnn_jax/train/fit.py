@@ -70,15 +70,15 @@ def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
   """Trains `model` on `batches`, checkpointing every epoch; see the module docstring.
 
   The loop calls the callbacks' hooks (`Callback`) at the run's start and end, each
-  epoch's start and end, after every step and on a stop. A callback's `run.stop(reason)`
-  ends the run: requested after an epoch's last step or at its end, after that epoch;
-  requested earlier in an epoch, after that step, dropping the unfinished epoch (not
+  epoch's start and end, after every step and on a stop. A stop (`run.stop(reason)` in a
+  hook) ends the run as early stopping does: the best params are tested and results.json
+  is written, with "stopped": {"reason", "epochs" (whole epochs trained: the history),
+  "steps" (train steps in all)}; the run is finished (a resume refuses or reuses it).
+  Asked for in an epoch's last step or at its end, the stop comes after that epoch;
+  earlier in an epoch, right after that step, and the unfinished epoch is dropped (not
   validated, not in the history, its params never the best; the latest checkpoint stays
-  the last whole epoch's). Then, as after early stopping, the best params are tested and
-  results.json is written, with "stopped": {"reason", "epochs" (whole epochs trained, those
-  in the history), "steps" (train steps in all)}; a finished run is not resumed. Ctrl-C
-  instead saves a checkpoint after the step or epoch and raises `Interrupted`, for
-  --resume to continue. A stop requested in the last epoch's end changes nothing.
+  the last whole epoch's). At the last epoch's end it changes nothing. Ctrl-C instead
+  saves a checkpoint (mid-epoch: at that step) and raises `Interrupted`, for --resume.
 
   Args:
     model: has init(key, sample_x) -> params and apply(params, x, *, training, key) -> y.
