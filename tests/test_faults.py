@@ -3,7 +3,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 
 import pytest
 
@@ -140,14 +139,12 @@ def _forecast_csv(path):
 
 
 def _forecast(csv, workdir, *flags, kill_at=None, signal_name="KILL"):
-  import sys
   return subprocess.run(
-      [sys.executable, "-m", "experiments.jena_forecast", f"--data_path={csv}", "--target=T",
-       "--time_column=time", "--lookback=12", "--step=2", "--delay=3", "--batch_size=8",
-       "--epochs=2", "--steps_per_epoch=3", "--train_end=100", "--val_end=150", "--units=4",
-       f"--workdir={workdir}", *flags],
-      cwd=runs.REPO, capture_output=True, text=True, timeout=300,
-      env=runs.environment(kill_at, signal_name))
+      [*runs.python_m("experiments.jena_forecast", kill_at, signal_name), f"--data_path={csv}",
+       "--target=T", "--time_column=time", "--lookback=12", "--step=2", "--delay=3",
+       "--batch_size=8", "--epochs=2", "--steps_per_epoch=3", "--train_end=100",
+       "--val_end=150", "--units=4", f"--workdir={workdir}", *flags],
+      cwd=runs.REPO, capture_output=True, text=True, timeout=300, env=runs.environment())
 
 
 @pytest.mark.slow  # tens of seconds of subprocess runs: CI stays within 12 minutes
@@ -298,11 +295,12 @@ def test_ctrl_c_while_tokenizing_imdb_exits_130_and_leaves_nothing(tmp_path):
   archive = make_archive(tmp_path / "aclImdb_v1.tar.gz")
   cache = tmp_path / "cache"
   done = subprocess.run(
-      [sys.executable, "-m", "experiments.imdb_sentiment", f"--data_path={archive}",
-       "--model=lstm,gru", "--maxlen=20", "--max_features=30", "--units=4",
-       "--embedding_dim=4", "--batch_size=8", "--epochs=1", f"--workdir={tmp_path / 'run'}"],
+      [*runs.python_m("experiments.imdb_sentiment", "tokenize", "INT"),
+       f"--data_path={archive}", "--model=lstm,gru", "--maxlen=20", "--max_features=30",
+       "--units=4", "--embedding_dim=4", "--batch_size=8", "--epochs=1",
+       f"--workdir={tmp_path / 'run'}"],
       cwd=runs.REPO, capture_output=True, text=True, timeout=300,
-      env=runs.environment("tokenize", "INT", RNN_JAX_DATA_CACHE=str(cache)))
+      env=runs.environment(RNN_JAX_DATA_CACHE=str(cache)))
   assert done.returncode == 130, done.stderr
   assert [l for l in done.stderr.splitlines() if l.strip()] == ["error: interrupted (Ctrl-C)"]
   assert not (tmp_path / "run").exists()

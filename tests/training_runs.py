@@ -11,23 +11,26 @@ TINY = ["--model=gru", "--seq_len=6", "--units=4", "--num_train=320", "--num_tes
 TIMINGS = ("seconds", "steps_per_s")
 
 
-def command(workdir, *flags):
-  return [sys.executable, "-m", "experiments.adding_problem", *TINY, f"--workdir={workdir}",
-          *flags]
+def python_m(module, kill_at=None, signal="KILL"):
+  """`python -m <module>`, or with `kill_at` the same run sent SIG<signal> at that point
+  (tests/kill_at.py names the points)."""
+  return [sys.executable, "-m", *(["tests.kill_at", kill_at, signal] if kill_at else []),
+          module]
 
 
-def environment(kill_at=None, signal="KILL", **extra):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
-  env.pop("RNN_JAX_TEST_KILL_AT", None)
-  if kill_at:
-    env.update(RNN_JAX_TEST_KILL_AT=kill_at, RNN_JAX_TEST_KILL_SIGNAL=signal)
-  return env
+def command(workdir, *flags, kill_at=None, signal="KILL"):
+  return [*python_m("experiments.adding_problem", kill_at, signal), *TINY,
+          f"--workdir={workdir}", *flags]
+
+
+def environment(**extra):
+  return {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
 
 
 def run(workdir, *flags, kill_at=None, signal="KILL", **env):
   """Runs the tiny experiment to its end (or its kill); returns the CompletedProcess."""
-  return subprocess.run(command(workdir, *flags), cwd=REPO, capture_output=True, text=True,
-                        env=environment(kill_at, signal, **env), timeout=300)
+  return subprocess.run(command(workdir, *flags, kill_at=kill_at, signal=signal), cwd=REPO,
+                        capture_output=True, text=True, env=environment(**env), timeout=300)
 
 
 def results(workdir):

@@ -38,7 +38,6 @@ import io
 import json
 import logging
 import os
-import signal
 import pathlib
 import pickle
 import re
@@ -334,9 +333,6 @@ def _ranked_archive(path: pathlib.Path, source: object, cache_dir: pathlib.Path)
       logging.warning("ignoring unreadable cache %s (%s)", cached, e)
   # Shown at any verbosity: tokenizing 50,000 reviews is the slow part of a first run.
   print(f"tokenizing the reviews of {path} (once; cached in {cached})", flush=True)
-  if os.environ.get("RNN_JAX_TEST_KILL_AT") == "tokenize":  # fault injection for tests
-    os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("RNN_JAX_TEST_KILL_SIGNAL",
-                                                                 "KILL")))
   ranked = rank_archive(path)
   try:
     cache_dir.mkdir(parents=True, exist_ok=True)

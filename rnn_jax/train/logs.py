@@ -19,9 +19,12 @@ that holds each epoch's scalars once (those of epochs up to the checkpoint's, mi
 ones filled in from its history) and the step losses up to its step; scalars logged
 after the checkpoint by the interrupted session are dropped, since the resumed session
 logs them again.
+
+`MetricLogs` is the `fit` callback that writes them.
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import os
@@ -33,7 +36,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from rnn_jax import distributed
 from rnn_jax.io import files
+from rnn_jax.train.callbacks import Callback
+from rnn_jax.train.progress import StepLoss
 
 _EPOCH, _STEP = "epoch/", "step/"
 
@@ -209,3 +215,45 @@ class RunLogs:
       self.close()
     except Exception:  # pylint: disable=broad-except
       pass
+
+
+class MetricLogs(Callback):
+  """`RunLogs` of a `fit` run: each epoch's metrics, and the training loss every
+  `log_every_steps` steps (`progress.StepLoss`: read back without waiting)."""
+
+  def __init__(self):
+    self.logs: Optional[RunLogs] = None
+    self._step_loss = StepLoss(0)
+
+  def on_run_start(self, run) -> None:
+    # Every process takes the snapshots (of arrays that may span processes); one writes.
+    self._step_loss = StepLoss(run.options.log_every_steps)
+    self._step_loss.compile(run.state.totals)  # now, not in a step's time
+    if not distributed.is_primary():
+      return
+    histories = [replica["history"] for replica in run.replicas]
+    self.logs = RunLogs(run.workdir, run.seeds, fresh=run.epochs_done == run.step == 0,
+                        resumed=(run.epochs_done,
+                                 run.epochs_done * run.steps_per_epoch + run.step, histories))
+    atexit.register(self.logs.close_quietly)  # flush the event files however the run ends
+
+  def on_epoch_start(self, run) -> None:
+    self._step_loss.start_epoch()
+
+  def on_step(self, run, step: int, totals) -> None:
+    self._step_loss.after_step(step, totals)
+    self._write_step_losses(run, self._step_loss.ready())
+
+  def on_epoch_end(self, run) -> None:
+    self._write_step_losses(run, self._step_loss.ready(wait=True))
+    if self.logs is not None:
+      self.logs.epoch(run.epoch, run.rows, [replica["history"] for replica in run.replicas])
+
+  def on_run_end(self, run) -> None:
+    if self.logs is not None:
+      self.logs.close()
+
+  def _write_step_losses(self, run, losses) -> None:
+    for step, _, recent in losses:
+      if self.logs is not None:
+        self.logs.step_loss((run.epoch - 1) * run.steps_per_epoch + step, recent)

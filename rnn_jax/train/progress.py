@@ -1,35 +1,28 @@
 """What a run shows while it trains: a bar per epoch, the compile time, one line per epoch.
 
-`Monitor` is the one object `fit` talks to. Per step it moves a tqdm bar (steps, steps/s,
-ETA, the running loss; only on a terminal) and, every `log_every_steps` steps, snapshots
-the epoch's loss totals on the device and reads them back without waiting for them
-(`StepLoss`). Per epoch it prints one line (also what logs get when stdout is not a
-terminal) and hands the metrics to `logs.RunLogs` (TensorBoard, metrics.csv).
+`ProgressBar` is the `fit` callback that shows them. Per step it moves a tqdm bar (steps,
+steps/s, ETA, the running loss; only on a terminal); per epoch it prints one line (also
+what logs get when stdout is not a terminal). `StepLoss` snapshots the epoch's loss totals
+on the device every N steps and reads them back without waiting for them (the bar's
+running loss, and `logs.MetricLogs`'s step losses).
 
-The first train step of a session compiles the step: its time is reported once
-("compiled the train step in N s") and left out of steps/s and of the ETA.
+The first train step of a session compiles the step: `Clock` times it, the bar reports it
+once ("compiled the train step in N s"), and it is left out of steps/s and of the ETA.
 """
 from __future__ import annotations
 
-import atexit
 import sys
 import time
-from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import distributed
-from rnn_jax.train import logs as logs_lib
 from rnn_jax.train import results as results_lib
-
-
-def say(line: str) -> None:
-  """A line on stdout from the primary process (the experiments' progress channel)."""
-  if distributed.is_primary():
-    print(line, flush=True)
+from rnn_jax.train.callbacks import Callback
+from rnn_jax.train.results import say
 
 
 def _host(array) -> np.ndarray:
@@ -83,86 +76,95 @@ class StepLoss:
     return out
 
 
-class Monitor:
-  """Progress bar, compile time, epoch lines, ETA, and the run's logs (see module doc)."""
+class Clock:
+  """The time an epoch trains, without the step that compiled the train step (the
+  session's first); `fit`'s loop calls `compiled` after that step."""
 
-  def __init__(self, workdir: Path, *, epochs: int, steps_per_epoch: int, seeds: Sequence[int],
-               log_every_steps: int = 50, fresh: bool = True, show_bar: Optional[bool] = None,
-               resumed=None):
-    self.epochs, self.steps_per_epoch, self.seeds = epochs, steps_per_epoch, list(seeds)
-    self.primary = distributed.is_primary()
-    self.show_bar = (self.primary and sys.stdout.isatty()) if show_bar is None else show_bar
-    self.step_loss = StepLoss(log_every_steps)
-    # resumed: (epochs done, global step, histories) of the checkpoint (logs.RunLogs).
-    self.logs = (logs_lib.RunLogs(workdir, self.seeds, fresh=fresh, resumed=resumed)
-                 if self.primary else None)
-    if self.logs is not None:  # flush the event files however the run ends
-      atexit.register(self.logs.close_quietly)
-    self.compile_seconds: Optional[float] = None
-    self._epoch_seconds: list[float] = []
-    self._bar = None
-    self._epoch = 0
-    self._mark = 0.0
-    self._compiled_in_epoch = 0.0
+  def __init__(self):
+    self.compile_seconds: Optional[float] = None  # the session's first step, once known
+    self.compiled_in_epoch = 0.0  # of this epoch's seconds, those spent compiling
+    self._start = 0.0
+    self._first_step = 0
 
-  def start_epoch(self, epoch: int, first_step: int) -> None:
-    self._epoch, self._first_step = epoch, first_step
-    self._compiled_in_epoch = 0.0
-    self.step_loss.start_epoch()
-    self._mark = self._start = time.time()
-    if self.compile_seconds is not None:
-      self._open_bar(first_step)
+  def start_epoch(self, first_step: int) -> None:
+    """Before the epoch's first step (`first_step` steps of it done before: a resume)."""
+    self._start, self._first_step = time.time(), first_step
+    self.compiled_in_epoch = 0.0
 
-  def step(self, step: int, totals) -> None:
-    """After dispatching train step `step` (1-based within the epoch)."""
-    if self.compile_seconds is None:  # the session's first call traced and compiled
-      self.step_loss.compile(totals)
-      self.compile_seconds = self._compiled_in_epoch = time.time() - self._mark
-      say(f"compiled the train step in {self.compile_seconds:.1f} s")
-      self._open_bar(step)
-    elif self._bar is not None:
-      self._bar.update(1)
-    self.step_loss.after_step(step, totals)
-    self._show(self.step_loss.ready())
+  def compiled(self) -> None:
+    """After the session's first train step: it traced and compiled the step."""
+    self.compile_seconds = self.compiled_in_epoch = time.time() - self._start
 
   def end_steps(self, step: int) -> tuple[int, float]:
-    """(steps, seconds) of this epoch's training so far, without the compiling step."""
-    self._show(self.step_loss.ready(wait=True))
+    """(steps, seconds) of this epoch's training in this session, up to step `step`,
+    without the compiling step."""
+    steps = step - self._first_step - (1 if self.compiled_in_epoch else 0)
+    return steps, time.time() - self._start - self.compiled_in_epoch
+
+
+class ProgressBar(Callback):
+  """The bar of each epoch on a terminal (steps, steps/s, ETA, the running loss every
+  `log_every_steps` steps), the compile time once, and one line per epoch (progress_line).
+
+  show_bar: None shows the bar when stdout is a terminal (primary process only)."""
+
+  def __init__(self, show_bar: Optional[bool] = None):
+    self.show_bar = show_bar
+    self._show = False
+    self._bar = None
+    self._step_loss = StepLoss(0)
+    self._epoch_seconds: list[float] = []  # this session's, without compiling
+    self._said_compile = False
+
+  def on_run_start(self, run) -> None:
+    self._epoch_seconds, self._said_compile = [], False
+    self._show = ((distributed.is_primary() and sys.stdout.isatty())
+                  if self.show_bar is None else self.show_bar)
+    # With several processes every one takes the snapshots (of arrays that span them).
+    every = run.options.log_every_steps if self._show or jax.process_count() > 1 else 0
+    self._step_loss = StepLoss(every)
+    self._step_loss.compile(run.state.totals)  # now, not in a step's time
+
+  def on_epoch_start(self, run) -> None:
+    self._step_loss.start_epoch()
+    if self._said_compile:
+      self._open_bar(run, run.step)
+
+  def on_step(self, run, step: int, totals) -> None:
+    if not self._said_compile:  # the session's first step: the clock timed its compiling
+      self._said_compile = True
+      say(f"compiled the train step in {run.clock.compile_seconds:.1f} s")
+      self._open_bar(run, step)
+    elif self._bar is not None:
+      self._bar.update(1)
+    self._step_loss.after_step(step, totals)
+    for _, running, _ in self._step_loss.ready():
+      if self._bar is not None:
+        self._bar.set_postfix_str(f"loss: {float(np.mean(running)):.4g}", refresh=False)
+
+  def on_epoch_end(self, run) -> None:
+    self._close_bar()
+    seconds = run.rows[0]["seconds"]
+    self._epoch_seconds.append(seconds - run.clock.compiled_in_epoch)
+    eta = (run.options.epochs - run.epoch) * float(np.mean(self._epoch_seconds))
+    say(results_lib.progress_line(results_lib.mean_rows(run.rows), run.options.epochs, eta,
+                                  len(run.seeds)))
+
+  def on_stop(self, run) -> None:
+    self._close_bar()
+
+  def on_run_end(self, run) -> None:
+    self._close_bar()
+
+  def _open_bar(self, run, done: int) -> None:
+    if not self._show:
+      return
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    self._bar = tqdm(total=run.steps_per_epoch, initial=done, unit="step", leave=False,
+                     desc=f"Epoch {run.epoch}/{run.options.epochs}", file=sys.stdout,
+                     dynamic_ncols=True)
+
+  def _close_bar(self) -> None:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
-    steps = step - self._first_step - (1 if self._compiled_in_epoch else 0)
-    return steps, time.time() - self._start - self._compiled_in_epoch
-
-  def end_epoch(self, rows: Sequence[Mapping[str, float]], histories: Sequence[list],
-                seconds: float) -> None:
-    """After the epoch's validation: the epoch line, TensorBoard scalars and metrics.csv.
-
-    rows: each replica's history row of this epoch; histories: each replica's history."""
-    self._epoch_seconds.append(seconds - self._compiled_in_epoch)
-    eta = (self.epochs - self._epoch) * float(np.mean(self._epoch_seconds))
-    say(results_lib.progress_line(results_lib.mean_rows(rows), self.epochs, eta,
-                                  len(self.seeds)))
-    if self.logs is not None:
-      self.logs.epoch(self._epoch, rows, histories)
-
-  def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
-    if self.logs is not None:
-      self.logs.close()
-
-  def _open_bar(self, done: int) -> None:
-    if not self.show_bar:
-      return
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    self._bar = tqdm(total=self.steps_per_epoch, initial=done, unit="step", leave=False,
-                     desc=f"Epoch {self._epoch}/{self.epochs}", file=sys.stdout,
-                     dynamic_ncols=True)
-
-  def _show(self, losses) -> None:
-    for step, running, recent in losses:
-      if self.logs is not None:
-        self.logs.step_loss((self._epoch - 1) * self.steps_per_epoch + step, recent)
-      if self._bar is not None:
-        self._bar.set_postfix_str(f"loss: {float(np.mean(running)):.4g}", refresh=False)

@@ -8,7 +8,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from rnn_jax import distributed
 from rnn_jax.io import files
+
+
+def say(line: str) -> None:
+  """A line on stdout from the primary process (the experiments' progress channel)."""
+  if distributed.is_primary():
+    print(line, flush=True)
 
 
 def write_results(workdir: os.PathLike, results: Mapping[str, Any]) -> Path:
@@ -33,11 +40,14 @@ def replica_results(replicas: Sequence[dict], tests: Sequence[Optional[dict]],
   if len(seeds) == 1:
     return {**{k: v for k, v in each[0].items() if k != "seed"},
             "best_epoch": [each[0]["best_epoch"]]}
+  # val (and best_epoch) is None for a run stopped before its first epoch ended.
+  reduced = lambda reduce, parts: None if parts[0] is None else {
+      k: float(reduce([part[k] for part in parts])) for k in parts[0]}
   summary = lambda reduce: {
-      "best_epoch": float(reduce([r["best_epoch"] for r in each])),
-      "val": {k: float(reduce([r["val"][k] for r in each])) for k in each[0]["val"]},
-      "test": None if tests[0] is None else {
-          k: float(reduce([r["test"][k] for r in each])) for k in each[0]["test"]}}
+      "best_epoch": (None if each[0]["best_epoch"] is None
+                     else float(reduce([r["best_epoch"] for r in each]))),
+      "val": reduced(reduce, [r["val"] for r in each]),
+      "test": reduced(reduce, [r["test"] for r in each])}
   mean = summary(np.mean)
   std = summary(lambda values: np.std(values, ddof=1))
   history = [mean_rows(rows) for rows in zip(*(r["history"] for r in each))]

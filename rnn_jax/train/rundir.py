@@ -1,9 +1,7 @@
-"""A run's directory: its lock, the rules for reusing it, checkpoint writes, signals and
-the fault-injection points the tests kill runs at."""
+"""A run's directory: its lock, the rules for reusing it, checkpoint writes and signals."""
 from __future__ import annotations
 
 import fcntl
-import os
 import signal
 import sys
 from pathlib import Path
@@ -21,21 +19,6 @@ class Diverged(UserError):
 
 class Interrupted(UserError):
   """SIGINT: the run stopped after saving a checkpoint."""
-
-
-def kill_point(name: str) -> None:
-  """Fault injection for tests: RNN_JAX_TEST_KILL_AT=<name> sends the process SIGKILL
-  (or RNN_JAX_TEST_KILL_SIGNAL, e.g. INT) at the named point:
-
-    step:<epoch>:<step>    after dispatching that train step (both 1-based)
-    latest:<epoch>:<step>  inside the write of that latest checkpoint, before its commit
-    best:<epoch>           inside the write of that best checkpoint, before its commit
-    epoch:<epoch>          after that epoch's checkpoints
-    results                before writing results.json
-  """
-  if os.environ.get("RNN_JAX_TEST_KILL_AT") == name:
-    signum = getattr(signal, "SIG" + os.environ.get("RNN_JAX_TEST_KILL_SIGNAL", "KILL"))
-    os.kill(os.getpid(), signum)
 
 
 class StopOnSigint:
@@ -97,11 +80,10 @@ def prepare(workdir: Path, *, resume: bool, overwrite: bool) -> None:
                     "continue it or --overwrite to start over")
 
 
-def save(directory: Path, name: str, state, meta, *, keep: int, kill_at: str) -> None:
+def save(directory: Path, name: str, state, meta, *, keep: int) -> None:
   """A checkpoint; a write error is a one-line `UserError` (checkpoints.save) and the
   previous checkpoint stays."""
-  checkpoints.save(directory, name, state, meta, keep=keep,
-                   before_commit=lambda: kill_point(kill_at))
+  checkpoints.save(directory, name, state, meta, keep=keep)
 
 
 def config_of(flag_values: Mapping[str, Any]) -> dict:
