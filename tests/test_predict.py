@@ -140,7 +140,7 @@ for model in {models!r}:
   predictor = rnn_jax.load(run)
   prep = predictor.preprocessing
   t = prep["columns"].index(prep["target"])
-  raw = predictor._values({data!r})  # the CSV's columns as training read them (gaps filled)
+  raw = predictor.preprocessing_kind.values(predictor, {data!r})  # as training read them
   normalized = ((raw - np.array(prep["mean"])) / np.array(prep["std"])).astype(np.float32)
   _, _, test = windows.generator_bounds(len(raw), r["train_end"], r["val_end"], r["delay"])
   rows = np.concatenate(list(windows.ordered_rows(test, r["lookback"], r["config"]["batch_size"],

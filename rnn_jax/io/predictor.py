@@ -60,6 +60,11 @@ class Predictor:
     self._predict = jax.jit(lambda p, x: self._postprocess(
         self._computing.apply(p, x, training=False)))
 
+  @property
+  def preprocessing_kind(self) -> preprocessing_kinds.Preprocessing:
+    """The registered kind (`rnn_jax.data.preprocessing`) this run's inputs go through."""
+    return self._kind
+
   # --- the pieces ------------------------------------------------------------------------
 
   def preprocess(self, raw) -> np.ndarray:

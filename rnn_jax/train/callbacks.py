@@ -7,6 +7,8 @@ history, the checkpoint's meta, `run.stop(reason)`):
   on_run_start(run)          the state is fresh; `Resume` may restore a checkpoint's
   on_epoch_start(run)        run.epoch is starting, at run.step (> 0 when resumed mid-epoch)
   on_step(run, step, totals) after dispatching step `step` (1-based) of run.epoch
+  on_steps_end(run)          the epoch's last step dispatched, before its validation and
+                             checkpoints: what the steps leave (step logs) is written here
   on_epoch_end(run)          the epoch trained and validated: run.rows, run.improved
   on_stop(run)               the run ends before its last epoch: run.stop_reason (then
                              on_run_end), or Ctrl-C (run.interrupted; then `Interrupted`)
@@ -63,6 +65,9 @@ class Callback:
   def on_step(self, run, step: int, totals: dict) -> None:
     """After dispatching a train step; keep it cheap (it runs every step)."""
 
+  def on_steps_end(self, run) -> None:
+    """After the epoch's last train step, before its validation and checkpoints."""
+
   def on_epoch_end(self, run) -> None:
     """After the epoch's training and validation."""
 
@@ -95,6 +100,10 @@ class Callbacks:
   def on_step(self, run, step: int, totals: dict) -> None:
     for on_step in self._steps:
       on_step(run, step, totals)
+
+  def on_steps_end(self, run) -> None:
+    for callback in self.callbacks:
+      callback.on_steps_end(run)
 
   def on_epoch_end(self, run) -> None:
     for callback in self.callbacks:

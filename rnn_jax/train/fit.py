@@ -71,10 +71,11 @@ def fit(model, batches, *, loss: metrics_lib.LossOrMetric,
   """Trains `model` on `batches`, checkpointing every epoch; see the module docstring.
 
   The loop calls the callbacks' hooks (`Callback`) at the run's start and end, each
-  epoch's start and end, after every step and on a stop. A stop (`run.stop(reason)` in a
-  hook) ends the run as early stopping does: the best params are tested and results.json
-  is written, with "stopped": {"reason", "epochs" (whole epochs trained: the history),
-  "steps" (train steps in all)}; the run is finished (a resume refuses or reuses it).
+  epoch's start and end, after every step and after an epoch's last step, and on a stop.
+  A stop (`run.stop(reason)` in a hook) ends the run as early stopping does: the best
+  params are tested and results.json is written, with "stopped": {"reason", "epochs"
+  (whole epochs trained: the history), "steps" (train steps in all)}; the run is finished
+  (a resume refuses or reuses it).
   Asked for in an epoch's last step or at its end, the stop comes after that epoch;
   earlier in an epoch, right after that step, and the unfinished epoch is dropped (not
   validated, not in the history, its params never the best; the latest checkpoint stays
@@ -176,6 +177,7 @@ def _train(run: Run, hooks: Callbacks, train_step, extra_results: dict) -> FitRe
     hooks.on_epoch_start(run)
     if not _train_steps(run, hooks, train_step, batches):
       break  # stopped mid-epoch: the epoch is left unfinished
+    hooks.on_steps_end(run)
     run.end_epoch()  # validation, history, best params
     hooks.on_epoch_end(run)
     if run.stopping:

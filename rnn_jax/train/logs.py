@@ -24,7 +24,6 @@ logs them again.
 """
 from __future__ import annotations
 
-import atexit
 import csv
 import io
 import os
@@ -210,7 +209,7 @@ class RunLogs:
       writer.close()
 
   def close_quietly(self) -> None:
-    """`close` at exit: a write error there was reported already, or is moot."""
+    """`close` after a failed write: that error was reported already."""
     try:
       self.close()
     except Exception:  # pylint: disable=broad-except
@@ -235,7 +234,6 @@ class MetricLogs(Callback):
     self.logs = RunLogs(run.workdir, run.seeds, fresh=run.epochs_done == run.step == 0,
                         resumed=(run.epochs_done,
                                  run.epochs_done * run.steps_per_epoch + run.step, histories))
-    atexit.register(self.logs.close_quietly)  # flush the event files however the run ends
 
   def on_epoch_start(self, run) -> None:
     self._step_loss.start_epoch()
@@ -244,8 +242,11 @@ class MetricLogs(Callback):
     self._step_loss.after_step(step, totals)
     self._write_step_losses(run, self._step_loss.ready())
 
-  def on_epoch_end(self, run) -> None:
+  def on_steps_end(self, run) -> None:
+    # Before the epoch's checkpoint: a run killed after it has logged every step it saved.
     self._write_step_losses(run, self._step_loss.ready(wait=True))
+
+  def on_epoch_end(self, run) -> None:
     if self.logs is not None:
       self.logs.epoch(run.epoch, run.rows, [replica["history"] for replica in run.replicas])
 

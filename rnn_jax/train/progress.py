@@ -142,8 +142,10 @@ class ProgressBar(Callback):
       if self._bar is not None:
         self._bar.set_postfix_str(f"loss: {float(np.mean(running)):.4g}", refresh=False)
 
-  def on_epoch_end(self, run) -> None:
+  def on_steps_end(self, run) -> None:
     self._close_bar()
+
+  def on_epoch_end(self, run) -> None:
     seconds = run.rows[0]["seconds"]
     self._epoch_seconds.append(seconds - run.clock.compiled_in_epoch)
     eta = (run.options.epochs - run.epoch) * float(np.mean(self._epoch_seconds))
