@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -89,15 +89,6 @@ def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _first_problem(checks: list[tuple[Callable[[], bool], str]]) -> Optional[str]:
-  """The message of the first check that fails, run in order (later ones may rely on
-  earlier ones)."""
-  for ok, what in checks:
-    if not ok():
-      return what
-  return None
-
-
 class Arrays(Preprocessing):
   """Arrays as the model takes them <input_dtype>[n, ..., features], checked."""
   kind = "arrays"
@@ -129,13 +120,13 @@ class Reviews(Preprocessing):
   kind = "imdb"
 
   def problem(self, record: dict) -> Optional[str]:
+    for key in ("num_words", "maxlen"):
+      if not (record.get(key) is None or (_is_int(record[key]) and record[key] >= 1)):
+        return f"{key!r} is {record.get(key)!r}, not a positive integer"
     name = record.get("vocabulary_file")
-    return _first_problem([
-        *((lambda key=key: record.get(key) is None or (_is_int(record[key]) and record[key] >= 1),
-           f"{key!r} is {record.get(key)!r}, not a positive integer")
-          for key in ("num_words", "maxlen")),
-        (lambda: name is None or (isinstance(name, str) and Path(name).name == name and name),
-         f"'vocabulary_file' is {name!r}, not a file name in the run's directory")])
+    if not (name is None or (isinstance(name, str) and name and Path(name).name == name)):
+      return f"'vocabulary_file' is {name!r}, not a file name in the run's directory"
+    return None
 
   def preprocess(self, predictor, raw) -> np.ndarray:
     from rnn_jax.data import imdb  # pylint: disable=import-outside-toplevel
@@ -171,26 +162,26 @@ class Windows(Preprocessing):
 
   def problem(self, record: dict) -> Optional[str]:
     columns = record.get("columns")
-    width = len(columns) if isinstance(columns, list) else 0
-    numbers = lambda values: (isinstance(values, list) and len(values) == len(columns) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        for v in values))
-    return _first_problem([
-        (lambda: isinstance(columns, list) and columns and all(isinstance(c, str)
-                                                               for c in columns),
-         f"'columns' is {columns!r}, not a list of column names"),
-        (lambda: record.get("target") in columns,
-         f"'target' {record.get('target')!r} is not one of 'columns'"),
-        *((lambda key=key: numbers(record.get(key)),
-           f"{key!r} is not {width} finite numbers, one per column")
-          for key in ("mean", "std")),
-        (lambda: all(v > 0 for v in record["std"]), "'std' holds a value that is not positive"),
-        *((lambda key=key, low=low: _is_int(record.get(key)) and record[key] >= low,
-           f"{key!r} is {record.get(key)!r}, not an integer of at least {low}")
-          for key, low in (("lookback", 1), ("step", 1), ("delay", 0))),
-        (lambda: record["lookback"] % record["step"] == 0, "'step' does not divide 'lookback'"),
-        (lambda: isinstance(record.get("reverse", False), bool),
-         "'reverse' is not true or false")])
+    if not (isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns)):
+      return f"'columns' is {columns!r}, not a list of column names"
+    if record.get("target") not in columns:
+      return f"'target' {record.get('target')!r} is not one of 'columns'"
+    for key in ("mean", "std"):
+      values = record.get(key)
+      if not (isinstance(values, list) and len(values) == len(columns) and all(
+          isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+          for v in values)):
+        return f"{key!r} is not {len(columns)} finite numbers, one per column"
+    if not all(v > 0 for v in record["std"]):
+      return "'std' holds a value that is not positive"
+    for key, low in (("lookback", 1), ("step", 1), ("delay", 0)):
+      if not (_is_int(record.get(key)) and record[key] >= low):
+        return f"{key!r} is {record.get(key)!r}, not an integer of at least {low}"
+    if record["lookback"] % record["step"]:
+      return "'step' does not divide 'lookback'"
+    if not isinstance(record.get("reverse", False), bool):
+      return "'reverse' is not true or false"
+    return None
 
   def preprocess(self, predictor, raw) -> np.ndarray:
     return self.windows(predictor, self.values(predictor, raw))
